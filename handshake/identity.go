@@ -1,0 +1,99 @@
+package handshake
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+)
+
+// Kind says how the peer proved who it is.
+type Kind uint8
+
+// The kinds of identity a handshake can yield.
+const (
+	KindNone        Kind = iota // no proof: one-way TLS, or a client certificate was optional and absent
+	KindCertificate             // a client certificate that verified against the client CA
+	KindPSK                     // a pre-shared key looked up by its identity
+)
+
+// String returns the name used in logs and config: "none", "certificate" or "psk".
+func (k Kind) String() string {
+	switch k {
+	case KindCertificate:
+		return "certificate"
+	case KindPSK:
+		return "psk"
+	default:
+		return "none"
+	}
+}
+
+// Identity is what a handshake proved about the peer. Every handshake kind yields one; a
+// field the kind does not have is left empty. Policy renders the string that is the device
+// from these fields (see policy.Template).
+type Identity struct {
+	Kind Kind
+
+	// From the verified leaf certificate (KindCertificate).
+	CommonName         string
+	Organization       []string
+	OrganizationalUnit []string
+	SerialNumber       string // lower-case hex, no separators
+	DNSNames           []string
+	URIs               []string // SPIFFE IDs among them
+	Emails             []string
+	Fingerprint        string // lower-case hex SHA-256 of the leaf's DER
+
+	// PSKIdentity is the identity the client sent with a pre-shared key (KindPSK).
+	PSKIdentity string
+
+	// The session's parameters, for logs.
+	TLSVersion  uint16
+	CipherSuite uint16
+	DTLS        bool
+}
+
+// FromCertificate fills the certificate fields of an Identity from a verified leaf.
+func FromCertificate(leaf *x509.Certificate) Identity {
+	sum := sha256.Sum256(leaf.Raw)
+	id := Identity{
+		Kind:               KindCertificate,
+		CommonName:         leaf.Subject.CommonName,
+		Organization:       leaf.Subject.Organization,
+		OrganizationalUnit: leaf.Subject.OrganizationalUnit,
+		SerialNumber:       leaf.SerialNumber.Text(16),
+		DNSNames:           leaf.DNSNames,
+		Emails:             leaf.EmailAddresses,
+		Fingerprint:        hex.EncodeToString(sum[:]),
+	}
+	for _, u := range leaf.URIs {
+		id.URIs = append(id.URIs, u.String())
+	}
+	return id
+}
+
+// VersionName returns the TLS or DTLS version as logs show it, e.g. "TLS 1.3", or "" when
+// no session was negotiated.
+func (id Identity) VersionName() string {
+	if id.TLSVersion == 0 {
+		return ""
+	}
+	if id.DTLS {
+		switch id.TLSVersion {
+		case 0xfefd:
+			return "DTLS 1.2"
+		case 0xfefc:
+			return "DTLS 1.3"
+		}
+	}
+	return tls.VersionName(id.TLSVersion)
+}
+
+// CipherSuiteName returns the IANA name of the negotiated suite, or "" when none was.
+func (id Identity) CipherSuiteName() string {
+	if id.CipherSuite == 0 {
+		return ""
+	}
+	return tls.CipherSuiteName(id.CipherSuite)
+}

@@ -1,0 +1,154 @@
+package handshake
+
+import (
+	"io"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// recordConn sits between crypto/tls and the socket so that an idle session holds no read
+// buffer. Two things make that possible:
+//
+//   - It hands crypto/tls at most the rest of the current TLS record per Read. crypto/tls
+//     therefore never buffers bytes of a following record, and once tls.Conn.Read has
+//     returned a whole record's plaintext (it returns one record per call), nothing is left
+//     inside tls.Conn: whether more is coming is a question about this conn alone.
+//   - It reads the socket through syscall.RawConn, borrowing a pooled buffer only when the
+//     kernel has bytes, and gives the buffer back as soon as it is drained.
+//
+// A conn that is not a syscall.Conn (net.Pipe in tests) falls back to blocking reads.
+type recordConn struct {
+	net.Conn
+	raw syscall.RawConn // nil: fall back to Conn.Read
+
+	buf  *[]byte // pooled; nil whenever r == w
+	r, w int
+
+	// Position in the record stream: hdrN bytes of the next header seen so far, then left
+	// bytes of the record's body still to hand over.
+	hdr  [recordHeaderLen]byte
+	hdrN int
+	left int
+}
+
+const (
+	recordHeaderLen = 5
+	// rawBufSize holds a full TLS 1.2 ciphertext record (2^14 + 2048) plus its header;
+	// larger reads gain nothing, since crypto/tls takes one record at a time.
+	rawBufSize = 1<<14 + 2048 + recordHeaderLen
+)
+
+var rawBufPool = sync.Pool{New: func() any { b := make([]byte, rawBufSize); return &b }}
+
+func newRecordConn(c net.Conn) *recordConn {
+	rc := &recordConn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			rc.raw = raw
+		}
+	}
+	return rc
+}
+
+// Read hands over buffered bytes up to the end of the current record, filling from the
+// socket first when nothing is buffered.
+func (c *recordConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if c.r == c.w {
+		if err := c.fill(); err != nil {
+			return 0, err
+		}
+	}
+	n := 0
+	for n < len(p) && c.r < c.w {
+		if c.left == 0 { // at a header
+			k := copy(p[n:], (*c.buf)[c.r:min(c.w, c.r+recordHeaderLen-c.hdrN)])
+			copy(c.hdr[c.hdrN:], p[n:n+k])
+			c.hdrN += k
+			c.r += k
+			n += k
+			if c.hdrN < recordHeaderLen {
+				continue
+			}
+			c.hdrN = 0
+			c.left = int(c.hdr[3])<<8 | int(c.hdr[4])
+			if c.left == 0 {
+				break // an empty record ends here
+			}
+		}
+		k := copy(p[n:], (*c.buf)[c.r:min(c.w, c.r+c.left)])
+		c.r += k
+		c.left -= k
+		n += k
+		if c.left == 0 {
+			break // never hand over bytes of the next record
+		}
+	}
+	c.release()
+	return n, nil
+}
+
+// waitRead returns once at least one byte is buffered, holding no buffer while it waits.
+func (c *recordConn) waitRead() error {
+	if c.r < c.w {
+		return nil
+	}
+	return c.fill()
+}
+
+func (c *recordConn) release() {
+	if c.r == c.w && c.buf != nil {
+		rawBufPool.Put(c.buf)
+		c.buf, c.r, c.w = nil, 0, 0
+	}
+}
+
+// fill reads what the socket has into a freshly borrowed buffer. Called only when empty.
+func (c *recordConn) fill() error {
+	if c.raw == nil {
+		c.buf = rawBufPool.Get().(*[]byte)
+		n, err := c.Conn.Read(*c.buf)
+		c.r, c.w = 0, n
+		if n > 0 {
+			return nil
+		}
+		c.release()
+		return err
+	}
+	var n int
+	var rerr error
+	err := c.raw.Read(func(fd uintptr) bool {
+		c.buf = rawBufPool.Get().(*[]byte)
+		for {
+			n, rerr = syscall.Read(int(fd), *c.buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			// Nothing yet: give the buffer back before the poller parks us.
+			rawBufPool.Put(c.buf)
+			c.buf = nil
+			return false
+		}
+		return true
+	})
+	switch {
+	case err == nil && rerr == nil && n > 0:
+		c.r, c.w = 0, n
+		return nil
+	case err == nil && rerr == nil:
+		err = io.EOF
+	case err == nil:
+		err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: rerr}
+	}
+	if c.buf != nil {
+		rawBufPool.Put(c.buf)
+		c.buf = nil
+	}
+	c.r, c.w = 0, 0
+	return err
+}

@@ -1,0 +1,8 @@
+// Package proxy owns mqtls's sockets: it accepts connections, runs the handshake and the
+// first-packet read under deadlines, asks policy what to do with the CONNECT, dials the
+// upstream broker, and pipes bytes both ways until either side ends.
+//
+// It is the accept and pipe ends of accept → handshake → bind → pipe. It knows nothing
+// about cipher suites (handshake does) and decides nothing about identities (policy does).
+// The pipe is built for fleets of mostly idle devices: a waiting session holds no copy buffer.
+package proxy

@@ -1,0 +1,41 @@
+package proxy
+
+// Log field names, shared by every line the package writes.
+const (
+	fieldListener        = "listener"
+	fieldAddr            = "addr"
+	fieldConnID          = "conn_id"
+	fieldRemote          = "remote"
+	fieldOutcome         = "outcome"
+	fieldReason          = "reason"
+	fieldIdentity        = "identity"
+	fieldIdentityKind    = "identity_kind"
+	fieldClientID        = "client_id"
+	fieldClientIDForward = "client_id_forwarded"
+	fieldProtocolLevel   = "mqtt_level"
+	fieldTLSVersion      = "tls_version"
+	fieldCipherSuite     = "cipher_suite"
+	fieldBytesIn         = "bytes_in"
+	fieldBytesOut        = "bytes_out"
+	fieldDuration        = "duration"
+	fieldEndedBy         = "ended_by"
+)
+
+// Outcomes of a connection, one per audit line.
+const (
+	OutcomeForwarded           = "forwarded"
+	OutcomeRejected            = "rejected"
+	OutcomeHandshakeFailed     = "handshake_failed"
+	OutcomeBadFirstPacket      = "bad_first_packet"
+	OutcomeUpstreamUnavailable = "upstream_unavailable"
+)
+
+// Reasons this package assigns; handshake and policy assign their own.
+const (
+	ReasonFirstPacketTimeout  = "first_packet_timeout"
+	ReasonNotConnect          = "not_connect"
+	ReasonMalformedPacket     = "malformed_packet"
+	ReasonPacketTooLarge      = "packet_too_large"
+	ReasonClientClosed        = "client_closed"
+	ReasonUpstreamUnavailable = "upstream_unavailable"
+)

@@ -1,0 +1,216 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/policy"
+)
+
+// Handshaker secures an accepted connection and says who the peer is. The caller has set
+// the connection's deadline; ctx is cancelled when the server shuts down.
+type Handshaker interface {
+	Handshake(ctx context.Context, c net.Conn) (net.Conn, handshake.Identity, error)
+}
+
+// Config is one listener's behaviour. Zero durations and sizes mean the documented defaults.
+type Config struct {
+	Name       string // listener name in logs; default "tcp"
+	Upstream   string // broker address: "host:port" or "unix:/path"
+	Handshaker Handshaker
+	Policy     *policy.Policy
+
+	HandshakeTimeout time.Duration // default 10s
+	ConnectTimeout   time.Duration // first packet after the handshake; default 10s
+	DialTimeout      time.Duration // upstream dial; default 5s
+	// CloseTimeout bounds how long the other direction may run once one side has ended;
+	// default 5s.
+	CloseTimeout   time.Duration
+	MaxConnectSize int // largest CONNECT accepted, fixed header included; default 64 KiB
+
+	Logger zerolog.Logger
+}
+
+// Defaults, exported so the CLI's help and the README quote the same numbers.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultCloseTimeout     = 5 * time.Second
+	DefaultMaxConnectSize   = 64 << 10
+)
+
+func orDuration(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func (c *Config) name() string {
+	if c.Name == "" {
+		return "tcp"
+	}
+	return c.Name
+}
+
+func (c *Config) maxConnectSize() int {
+	if c.MaxConnectSize > 0 {
+		return c.MaxConnectSize
+	}
+	return DefaultMaxConnectSize
+}
+
+// Validate reports a Config that cannot serve.
+func (c *Config) Validate() error {
+	switch {
+	case c.Handshaker == nil:
+		return errors.New("proxy: no handshaker configured")
+	case c.Policy == nil:
+		return errors.New("proxy: no policy configured")
+	}
+	_, _, err := parseUpstream(c.Upstream)
+	return err
+}
+
+// Server serves one listener. Create it with New; it is safe for concurrent use.
+type Server struct {
+	cfg Config
+	log zerolog.Logger
+
+	ctx    context.Context // cancelled by Shutdown once draining ends
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	draining  bool
+	wg        sync.WaitGroup
+
+	nextID atomic.Uint64
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Logger.With().Str(fieldListener, cfg.name()).Logger(),
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*conn]struct{}{},
+	}, nil
+}
+
+// ErrServerClosed is returned by Serve once Shutdown has been called.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Serve accepts connections on ln until Shutdown. Temporary accept errors (such as running
+// out of file descriptors) are logged and retried with a backoff rather than ending it.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	s.log.Info().Str(fieldAddr, ln.Addr().String()).Msg("listening")
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isDraining() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Any other accept error (EMFILE, ECONNABORTED, ...) is transient from our point
+			// of view: back off like net/http does and keep serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Error().Err(err).Dur("retry_in", backoff).Msg("accepting connection")
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+				return ErrServerClosed
+			}
+			continue
+		}
+		backoff = 0
+		cn := s.newConn(c)
+		if cn == nil {
+			c.Close()
+			continue
+		}
+		go cn.serve()
+	}
+}
+
+func (s *Server) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+func (s *Server) newConn(c net.Conn) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return nil
+	}
+	cn := &conn{srv: s, device: c, id: s.nextID.Add(1), start: time.Now()}
+	s.conns[cn] = struct{}{}
+	s.wg.Add(1)
+	return cn
+}
+
+func (s *Server) forget(cn *conn) {
+	s.mu.Lock()
+	delete(s.conns, cn)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, lets open connections finish until ctx is done, then closes
+// the rest and waits for their goroutines. It returns ctx.Err() if it had to close any.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n := len(s.conns)
+	for cn := range s.conns {
+		cn.abort()
+	}
+	s.mu.Unlock()
+	s.log.Info().Int("open_connections", n).Msg("drain timeout: closing remaining connections")
+	s.cancel()
+	<-done
+	return ctx.Err()
+}

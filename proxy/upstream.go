@@ -1,0 +1,32 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+)
+
+// parseUpstream splits "unix:/path" and "host:port" into a network and an address.
+func parseUpstream(s string) (network, addr string, err error) {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		if path == "" {
+			return "", "", fmt.Errorf("upstream %q: unix socket path is empty", s)
+		}
+		return "unix", path, nil
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return "", "", fmt.Errorf("upstream %q: want host:port or unix:/path: %w", s, err)
+	}
+	return "tcp", s, nil
+}
+
+func (s *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
+	network, addr, _ := parseUpstream(s.cfg.Upstream) // validated in New
+	d := net.Dialer{Timeout: orDuration(s.cfg.DialTimeout, DefaultDialTimeout)}
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("dialing upstream %s: %w", s.cfg.Upstream, err)
+	}
+	return c, nil
+}

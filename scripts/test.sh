@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The project's test command (README: ./scripts/test.sh), also what CI runs via .ci/run.
+#
+# It makes sure the real peers the end-to-end tests start are installed (mosquitto, its
+# clients, openssl, gnutls-cli), installing them with apt-get on Debian/Ubuntu when it can,
+# then checks formatting, runs go vet, the whole test suite under the race detector, and a
+# short fuzzing pass over every fuzz target.
+#
+# Environment:
+#   FUZZTIME   how long each fuzz target runs (default 10s; 0 or "off" skips fuzzing)
+#   CI         set by .ci/run; only reported in the summary
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+start=$SECONDS
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+
+install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin"
+
+command -v go >/dev/null 2>&1 || die "go is not installed (see go.mod for the version)"
+
+missing_tools() {
+	local tool out=()
+	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli; do
+		# mosquitto lives in /usr/sbin, which is not on every user's PATH.
+		command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || out+=("$tool")
+	done
+	echo "${out[@]:-}"
+}
+
+# as_root runs a command as root: directly when we are root, through passwordless sudo when
+# that works, and fails otherwise.
+as_root() {
+	if [[ $(id -u) -eq 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+		sudo -n "$@"
+	else
+		return 1
+	fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+missing=$(missing_tools)
+if [[ -n $missing ]]; then
+	say "installing test peers (missing: $missing)"
+	if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
+		as_root apt-get update
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin
+		# The package may start a system broker on 1883. The tests never use that port (each
+		# starts its own broker on a free one), but do not leave a stray broker running.
+		if port_open 1883; then
+			as_root service mosquitto stop >/dev/null 2>&1 || true
+			as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+		fi
+	fi
+	missing=$(missing_tools)
+	[[ -z $missing ]] || die "missing test peers: $missing; install them with: sudo sh -c '$install_cmd'"
+fi
+# /usr/sbin holds mosquitto on Debian; the tests look it up on PATH.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
+export PATH
+
+say "gofmt"
+unformatted=$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -print0 | xargs -0 -r gofmt -l)
+[[ -z $unformatted ]] || die "gofmt needed on:"$'\n'"$unformatted"
+
+say "go vet ./..."
+go vet ./...
+
+say "go test -race ./..."
+go test -race -count=1 -timeout 15m ./...
+
+fuzzed=0
+fuzztime=${FUZZTIME:-10s}
+if [[ $fuzztime != 0 && $fuzztime != off ]]; then
+	say "fuzzing each target for $fuzztime"
+	# go test -list prints a package's matching names, then "ok <package> <time>".
+	list=$(go test -list '^Fuzz' ./...)
+	targets=()
+	names=()
+	while IFS= read -r line; do
+		case $line in
+		Fuzz*) names+=("$line") ;;
+		ok*)
+			pkg=$(awk '{print $2}' <<<"$line")
+			for name in "${names[@]}"; do targets+=("$pkg $name"); done
+			names=()
+			;;
+		esac
+	done <<<"$list"
+	for target in "${targets[@]}"; do
+		read -r pkg name <<<"$target"
+		say "fuzz $pkg $name"
+		go test -run='^$' -fuzz="^${name}\$" -fuzztime="$fuzztime" "$pkg"
+		fuzzed=$((fuzzed + 1))
+	done
+fi
+
+printf 'test.sh: PASS (gofmt, go vet, go test -race, %d fuzz target(s) x %s) in %ds%s\n' \
+	"$fuzzed" "$fuzztime" $((SECONDS - start)) "${CI:+ [CI]}"
