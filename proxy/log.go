@@ -19,6 +19,7 @@ const (
 	fieldBytesOut        = "bytes_out"
 	fieldDuration        = "duration"
 	fieldEndedBy         = "ended_by"
+	fieldPSKIdentity     = "psk_identity"
 )
 
 // Outcomes of a connection, one per audit line.

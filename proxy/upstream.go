@@ -30,3 +30,10 @@ func (s *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
 	}
 	return c, nil
 }
+
+// ValidateUpstream reports whether s is an upstream address Config accepts:
+// "host:port" or "unix:/path".
+func ValidateUpstream(s string) error {
+	_, _, err := parseUpstream(s)
+	return err
+}

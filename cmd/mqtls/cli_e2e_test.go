@@ -25,31 +25,32 @@ func TestBadFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	cert, key := p.serverCertFile, p.serverKey
-	tlsArgs := []string{"--cert", cert, "--key", key}
-	mutualArgs := append(tlsArgs[:len(tlsArgs):len(tlsArgs)], "--client-ca", p.caFile)
+	// Each case gets its own slice: the subtests run in parallel.
+	tls := func(extra ...string) []string { return append([]string{"--cert", cert, "--key", key}, extra...) }
+	mutual := func(extra ...string) []string { return tls(append([]string{"--client-ca", p.caFile}, extra...)...) }
 
 	for _, tc := range []struct {
 		name string
 		args []string
 		want []string // each must appear in the error
 	}{
-		{"--client-id enforce without --client-ca", append(tlsArgs, "--client-id", "enforce"), []string{"--client-id", "--client-ca"}},
-		{"--client-id rewrite without --client-ca", append(tlsArgs, "--client-id", "rewrite"), []string{"--client-id", "--client-ca"}},
-		{"--username identity without --client-ca", append(tlsArgs, "--username", "identity"), []string{"--username", "--client-ca"}},
-		{"--client-auth require without --client-ca", append(tlsArgs, "--client-auth", "require"), []string{"--client-auth", "--client-ca"}},
+		{"--client-id enforce without --client-ca", tls("--client-id", "enforce"), []string{"--client-id", "--client-ca"}},
+		{"--client-id rewrite without --client-ca", tls("--client-id", "rewrite"), []string{"--client-id", "--client-ca"}},
+		{"--username identity without --client-ca", tls("--username", "identity"), []string{"--username", "--client-ca"}},
+		{"--client-auth require without --client-ca", tls("--client-auth", "require"), []string{"--client-auth", "--client-ca"}},
 		{"--cert without --key", []string{"--cert", cert}, []string{"--key"}},
 		{"--key without --cert", []string{"--key", key}, []string{"--cert"}},
 		{"no certificate at all", nil, []string{"--cert"}},
 		{"unreadable certificate file", []string{"--cert", missing, "--key", key}, []string{missing}},
 		{"certificate file that is not PEM", []string{"--cert", garbage, "--key", key}, []string{garbage}},
-		{"unreadable client CA file", append(tlsArgs, "--client-ca", missing), []string{missing}},
-		{"unreadable CRL file", append(mutualArgs, "--crl", missing), []string{missing}},
-		{"unknown --client-id mode", append(mutualArgs, "--client-id", "sometimes"), []string{"--client-id"}},
-		{"unknown --client-auth mode", append(mutualArgs, "--client-auth", "maybe"), []string{"--client-auth"}},
-		{"unsupported --min-tls", append(tlsArgs, "--min-tls", "1.1"), []string{"--min-tls"}},
-		{"unknown field in --identity", append(mutualArgs, "--identity", "{nope}"), []string{"--identity"}},
-		{"bad --allow expression", append(mutualArgs, "--allow", "("), []string{"--allow"}},
-		{"bad --upstream", append(tlsArgs, "--upstream", "nowhere"), []string{"--upstream"}},
+		{"unreadable client CA file", tls("--client-ca", missing), []string{missing}},
+		{"unreadable CRL file", mutual("--crl", missing), []string{missing}},
+		{"unknown --client-id mode", mutual("--client-id", "sometimes"), []string{"--client-id"}},
+		{"unknown --client-auth mode", mutual("--client-auth", "maybe"), []string{"--client-auth"}},
+		{"unsupported --min-tls", tls("--min-tls", "1.1"), []string{"--min-tls"}},
+		{"unknown field in --identity", mutual("--identity", "{nope}"), []string{"--identity"}},
+		{"bad --allow expression", mutual("--allow", "("), []string{"--allow"}},
+		{"bad --upstream", tls("--upstream", "nowhere"), []string{"--upstream"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

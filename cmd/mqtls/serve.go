@@ -1,0 +1,330 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+
+	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/policy"
+	"github.com/mqtls/mqtls/proxy"
+)
+
+// Defaults of the serve flags that are not a package's own default.
+const (
+	defaultListen       = ":8883"
+	defaultUpstream     = "127.0.0.1:1883"
+	defaultDrainTimeout = 30 * time.Second
+)
+
+// envFor is the environment variable that sets a flag: --client-id is MQTLS_CLIENT_ID.
+func envFor(flag string) []string {
+	return []string{"MQTLS_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
+}
+
+func serveFlags() []cli.Flag {
+	str := func(name, value, usage string) cli.Flag {
+		return &cli.StringFlag{Name: name, Value: value, Usage: usage, EnvVars: envFor(name)}
+	}
+	list := func(name, usage string) cli.Flag {
+		return &cli.StringSliceFlag{Name: name, Usage: usage, EnvVars: envFor(name)}
+	}
+	dur := func(name string, value time.Duration, usage string) cli.Flag {
+		return &cli.DurationFlag{Name: name, Value: value, Usage: usage, EnvVars: envFor(name)}
+	}
+	return []cli.Flag{
+		str("listen", defaultListen, "TCP `address` to accept TLS connections on"),
+		str("upstream", defaultUpstream, "the broker: `host:port` or unix:/path"),
+		str("cert", "", "server certificate chain, PEM `file`"),
+		str("key", "", "server private key, PEM `file`"),
+		str("client-ca", "", "PEM `file` of the CAs that issue device certificates; turns client certificates on"),
+		str("client-auth", "", "client certificates: none, request or require (default require with --client-ca, else none)"),
+		list("crl", "PEM or DER CRL `file` checked on every handshake (repeatable)"),
+		str("min-tls", "1.2", "lowest TLS version accepted: 1.2 or 1.3"),
+		str("identity", "{cn}", "`template` selecting the device's identity: {cn} {o} {ou} {serial} {dns} {uri} {email} {fingerprint}, with literal text"),
+		str("client-id", "off", "bind the client ID to the identity: off, enforce, prefix or rewrite"),
+		str("client-id-separator", "/", "between identity and suffix in --client-id prefix"),
+		str("username", "keep", "user name forwarded: keep, identity or strip"),
+		str("password", "keep", "password forwarded: keep or strip"),
+		list("allow", "regular `expression` an identity must match, anchored at both ends (repeatable)"),
+		list("deny", "regular `expression` refusing the identities it matches, anchored at both ends (repeatable)"),
+		str("identity-property", "", "MQTT 5 user property `name` that carries the identity to the broker"),
+		dur("handshake-timeout", proxy.DefaultHandshakeTimeout, "time allowed for the TLS handshake"),
+		dur("connect-timeout", proxy.DefaultConnectTimeout, "time allowed for the CONNECT packet after the handshake"),
+		dur("dial-timeout", proxy.DefaultDialTimeout, "time allowed to connect to the upstream broker"),
+		&cli.IntFlag{Name: "max-connect-size", Value: proxy.DefaultMaxConnectSize, Usage: "largest CONNECT packet accepted, in `bytes`", EnvVars: envFor("max-connect-size")},
+		dur("drain-timeout", defaultDrainTimeout, "on SIGTERM or SIGINT, time open sessions get to end before they are closed"),
+		str("log-format", "json", "log format: json or console"),
+		str("log-level", "info", "log level: debug, info, warn or error"),
+	}
+}
+
+func serveCommand(stdout io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "accept TLS sessions and proxy them to the broker",
+		Description: "Every flag can also be set with an environment variable: --client-id is MQTLS_CLIENT_ID.\n" +
+			"A list flag (--crl, --allow, --deny) set from the environment takes one value.",
+		Flags: serveFlags(),
+		Action: func(c *cli.Context) error {
+			cfg, err := serveConfigFrom(c)
+			if err != nil {
+				return err
+			}
+			return serve(c.Context, cfg, stdout)
+		},
+	}
+}
+
+// serveConfig is everything serve needs, validated.
+type serveConfig struct {
+	listen       string
+	tls          handshake.TLSConfig
+	policy       policy.Config
+	proxy        proxy.Config // Handshaker, Policy and Logger are set by serve
+	drainTimeout time.Duration
+	logFormat    string
+	logLevel     zerolog.Level
+}
+
+// serveConfigFrom reads and validates the flags. Every problem found is reported, each
+// naming the flag to change.
+func serveConfigFrom(c *cli.Context) (serveConfig, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	cfg := serveConfig{
+		listen:       c.String("listen"),
+		drainTimeout: c.Duration("drain-timeout"),
+		logFormat:    c.String("log-format"),
+	}
+
+	// TLS.
+	cfg.tls = handshake.TLSConfig{
+		CertFile:     c.String("cert"),
+		KeyFile:      c.String("key"),
+		ClientCAFile: c.String("client-ca"),
+		CRLFiles:     c.StringSlice("crl"),
+	}
+	switch {
+	case cfg.tls.CertFile == "" && cfg.tls.KeyFile == "":
+		bad("--cert and --key are required: the server certificate chain and its private key (PEM files)")
+	case cfg.tls.CertFile == "":
+		bad("--key is set but --cert is not: give the certificate that goes with the key")
+	case cfg.tls.KeyFile == "":
+		bad("--cert is set but --key is not: give the certificate's private key")
+	}
+	mutual := cfg.tls.ClientCAFile != ""
+	switch auth := c.String("client-auth"); {
+	case auth == "" && mutual:
+		cfg.tls.ClientAuth = handshake.ClientAuthRequire
+	case auth == "":
+		cfg.tls.ClientAuth = handshake.ClientAuthNone
+	default:
+		a, err := handshake.ParseClientAuth(auth)
+		switch {
+		case err != nil:
+			bad("--client-auth: %w", err)
+		case a != handshake.ClientAuthNone && !mutual:
+			bad("--client-auth %s needs --client-ca: the CA file that issues device certificates", auth)
+		case a == handshake.ClientAuthNone && mutual:
+			bad("--client-auth none with --client-ca: drop --client-ca, or use --client-auth request or require")
+		}
+		cfg.tls.ClientAuth = a
+	}
+	if len(cfg.tls.CRLFiles) > 0 && !mutual {
+		bad("--crl needs --client-ca: CRLs are checked against the CAs that issue device certificates")
+	}
+	switch v := c.String("min-tls"); v {
+	case "1.2":
+		cfg.tls.MinVersion = tls.VersionTLS12
+	case "1.3":
+		cfg.tls.MinVersion = tls.VersionTLS13
+	default:
+		bad("--min-tls %q: want 1.2 or 1.3", v)
+	}
+
+	// Binding policy.
+	cfg.policy = policy.Config{
+		Identity:          c.String("identity"),
+		ClientIDSeparator: c.String("client-id-separator"),
+		Allow:             c.StringSlice("allow"),
+		Deny:              c.StringSlice("deny"),
+		IdentityProperty:  c.String("identity-property"),
+	}
+	var err error
+	if cfg.policy.ClientID, err = policy.ParseClientIDMode(c.String("client-id")); err != nil {
+		bad("--client-id: %s", trimPolicy(err))
+	}
+	if cfg.policy.Username, err = policy.ParseUsernameMode(c.String("username")); err != nil {
+		bad("--username: %s", trimPolicy(err))
+	}
+	if cfg.policy.Password, err = policy.ParsePasswordMode(c.String("password")); err != nil {
+		bad("--password: %s", trimPolicy(err))
+	}
+	tmpl, err := policy.ParseTemplate(cfg.policy.Identity)
+	if err != nil {
+		bad("--identity %q: %s", cfg.policy.Identity, trimPolicy(err))
+	}
+	for _, l := range []struct {
+		flag  string
+		exprs []string
+	}{{"--allow", cfg.policy.Allow}, {"--deny", cfg.policy.Deny}} {
+		for _, e := range l.exprs {
+			if _, err := regexp.Compile(e); err != nil || e == "" {
+				if err == nil {
+					err = errors.New("empty expression; write ^$ to match an empty identity")
+				}
+				bad("%s %q: %v", l.flag, e, err)
+			}
+		}
+	}
+	if len(errs) == 0 {
+		// Only now, so that its messages do not repeat the ones above.
+		if _, err := policy.New(cfg.policy); err != nil {
+			bad("%s", trimPolicy(err))
+		}
+	}
+	if err == nil && len(errs) == 0 {
+		errs = append(errs, identitySourceProblems(c, cfg, tmpl)...)
+	}
+
+	// Proxy.
+	cfg.proxy = proxy.Config{
+		Name:             "tcp",
+		Upstream:         c.String("upstream"),
+		HandshakeTimeout: c.Duration("handshake-timeout"),
+		ConnectTimeout:   c.Duration("connect-timeout"),
+		DialTimeout:      c.Duration("dial-timeout"),
+		MaxConnectSize:   c.Int("max-connect-size"),
+	}
+	if err := proxy.ValidateUpstream(cfg.proxy.Upstream); err != nil {
+		bad("--upstream: %w", err)
+	}
+	for _, d := range []string{"handshake-timeout", "connect-timeout", "dial-timeout"} {
+		if c.Duration(d) <= 0 {
+			bad("--%s %v: must be positive", d, c.Duration(d))
+		}
+	}
+	if cfg.drainTimeout < 0 {
+		bad("--drain-timeout %v: must not be negative", cfg.drainTimeout)
+	}
+	if n := c.Int("max-connect-size"); n < 16 || n > policy.MaxRemainingLength {
+		bad("--max-connect-size %d: want 16 to %d bytes", n, policy.MaxRemainingLength)
+	}
+	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
+		bad("--listen %q: want host:port or :port: %v", cfg.listen, err)
+	}
+
+	// Logs.
+	if cfg.logFormat != "json" && cfg.logFormat != "console" {
+		bad("--log-format %q: want json or console", cfg.logFormat)
+	}
+	if cfg.logLevel, err = zerolog.ParseLevel(c.String("log-level")); err != nil || c.String("log-level") == "" {
+		bad("--log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	return cfg, errors.Join(errs...)
+}
+
+// identitySourceProblems refuses a binding the listener can never satisfy: one that needs
+// an identity when no handshake of this listener can yield one.
+func identitySourceProblems(c *cli.Context, cfg serveConfig, tmpl policy.Template) []error {
+	var needs []string
+	if cfg.policy.ClientID != policy.ClientIDOff {
+		needs = append(needs, "--client-id "+cfg.policy.ClientID.String())
+	}
+	if cfg.policy.Username == policy.UsernameIdentity {
+		needs = append(needs, "--username identity")
+	}
+	if len(cfg.policy.Allow) > 0 {
+		needs = append(needs, "--allow")
+	}
+	if cfg.policy.IdentityProperty != "" {
+		needs = append(needs, "--identity-property")
+	}
+	if len(needs) == 0 {
+		return nil
+	}
+	what := strings.Join(needs, " and ")
+	kinds := tmpl.Kinds()
+	switch {
+	case cfg.tls.ClientCAFile == "":
+		return []error{fmt.Errorf("%s needs an identity, but without --client-ca no device proves one: add --client-ca (device certificates) or drop %s", what, what)}
+	case !slices.Contains(kinds, handshake.KindCertificate):
+		return []error{fmt.Errorf("--identity %q uses no certificate field, so %s can never be satisfied on this certificate listener: use {cn}, {uri}, {dns}, ...", c.String("identity"), what)}
+	}
+	return nil
+}
+
+func trimPolicy(err error) string { return strings.TrimPrefix(err.Error(), "policy: ") }
+
+// serve runs one listener until ctx is cancelled, then drains.
+func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
+	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
+
+	hs, err := handshake.NewTLSServer(cfg.tls)
+	if err != nil {
+		return err
+	}
+	pol, err := policy.New(cfg.policy)
+	if err != nil {
+		return err
+	}
+	pc := cfg.proxy
+	pc.Handshaker, pc.Policy, pc.Logger = hs, pol, log
+	srv, err := proxy.New(pc)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	log.Info().Str("version", version).Str("upstream", pc.Upstream).
+		Str("client_auth", cfg.tls.ClientAuth.String()).Str("client_id", cfg.policy.ClientID.String()).
+		Str("identity", pol.Template().String()).Msg("starting")
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	select {
+	case err := <-serveErr:
+		// Serve only returns early when the listener fails for good.
+		return fmt.Errorf("serving %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	log.Info().Dur("drain_timeout", cfg.drainTimeout).Msg("shutting down: draining connections")
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(dctx); err != nil {
+		log.Info().Msg("drain timeout reached: remaining connections closed")
+	}
+	<-serveErr
+	log.Info().Msg("stopped")
+	return nil
+}
+
+func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,271 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/policy"
+)
+
+// conn is one accepted connection, from accept to its audit line.
+type conn struct {
+	srv    *Server
+	device net.Conn // as accepted; closing it ends everything built on it
+	id     uint64
+	start  time.Time
+
+	mu       sync.Mutex
+	upstream net.Conn // set once dialled, for abort
+	aborted  bool
+
+	// What the audit line reports; written only by the serving goroutine until pipe
+	// starts, then by the two copiers (one field each) before serve reads them.
+	log       zerolog.Logger
+	outcome   string
+	reason    string
+	ident     handshake.Identity
+	identity  string // rendered
+	clientID  string
+	forwarded string
+	level     byte
+	connect   policy.Connect // the first packet as parsed, for answering in its version
+	bytesIn   int64          // device → broker, the CONNECT included
+	bytesOut  int64          // broker → device, a rejection CONNACK included
+	endedBy   string
+	err       error
+}
+
+// abort closes the connection's sockets so that whatever it is blocked on returns.
+func (c *conn) abort() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.aborted = true
+	c.device.Close()
+	if c.upstream != nil {
+		c.upstream.Close()
+	}
+}
+
+func (c *conn) setUpstream(u net.Conn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.aborted {
+		return false
+	}
+	c.upstream = u
+	return true
+}
+
+// serve runs the connection's whole life: handshake, first packet, bind, dial, pipe.
+func (c *conn) serve() {
+	s := c.srv
+	defer s.forget(c)
+	defer c.device.Close()
+	c.log = s.log.With().Uint64(fieldConnID, c.id).Str(fieldRemote, c.device.RemoteAddr().String()).Logger()
+	defer c.audit()
+
+	secure, ok := c.handshake()
+	if !ok {
+		return
+	}
+	defer secure.Close()
+	pkt, ok := c.readConnect(secure)
+	if !ok {
+		return
+	}
+	out, ok := c.bind(secure, pkt)
+	if !ok {
+		return
+	}
+	up, ok := c.dial(secure)
+	if !ok {
+		return
+	}
+	defer up.Close()
+	// The device's deadline covered the handshake and the first packet; from here on an
+	// idle session is the broker's business (keep-alive), not ours.
+	_ = c.device.SetDeadline(time.Time{})
+	c.outcome = OutcomeForwarded
+	if _, err := up.Write(out); err != nil {
+		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
+		return
+	}
+	c.bytesIn += int64(len(pkt))
+	c.pipe(secure, up)
+}
+
+// handshake secures the device's connection under the handshake deadline.
+func (c *conn) handshake() (net.Conn, bool) {
+	s := c.srv
+	_ = c.device.SetDeadline(c.start.Add(orDuration(s.cfg.HandshakeTimeout, DefaultHandshakeTimeout)))
+	secure, id, err := s.cfg.Handshaker.Handshake(s.ctx, c.device)
+	if err != nil {
+		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, handshake.Reason(err), err
+		return nil, false
+	}
+	c.ident = id
+	c.identity = s.cfg.Policy.Template().Render(id)
+	c.log = c.log.With().Str(fieldIdentity, c.identity).Logger()
+	return secure, true
+}
+
+// readConnect reads the first packet under the connect deadline: the fixed header a byte at
+// a time (the secure conn buffers the record, so this costs no syscalls), the size cap
+// checked before the body is allocated, then exactly the body. Reading no further than the
+// packet means nothing the device pipelined after it is lost: the pipe forwards it.
+func (c *conn) readConnect(secure net.Conn) ([]byte, bool) {
+	s := c.srv
+	_ = c.device.SetDeadline(time.Now().Add(orDuration(s.cfg.ConnectTimeout, DefaultConnectTimeout)))
+	var hdr [5]byte
+	n := 0
+	var remaining, hl int
+	for {
+		if _, err := io.ReadFull(secure, hdr[n:n+1]); err != nil {
+			return nil, c.badFirstPacket(readReason(err), err)
+		}
+		n++
+		var err error
+		_, remaining, hl, err = policy.ParseFixedHeader(hdr[:n])
+		if n == 1 && hdr[0]>>4 != 1 {
+			return nil, c.badFirstPacket(ReasonNotConnect, fmt.Errorf("%w: packet type %d", policy.ErrNotConnect, hdr[0]>>4))
+		}
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, policy.ErrIncomplete) {
+			return nil, c.badFirstPacket(ReasonMalformedPacket, err)
+		}
+	}
+	if err := policy.CheckSize(hl, remaining, s.cfg.maxConnectSize()); err != nil {
+		return nil, c.badFirstPacket(ReasonPacketTooLarge, err)
+	}
+	pkt := make([]byte, hl+remaining)
+	copy(pkt, hdr[:hl])
+	if _, err := io.ReadFull(secure, pkt[hl:]); err != nil {
+		return nil, c.badFirstPacket(readReason(err), err)
+	}
+	return pkt, true
+}
+
+func readReason(err error) string {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return ReasonFirstPacketTimeout
+	}
+	return ReasonClientClosed
+}
+
+func (c *conn) badFirstPacket(reason string, err error) bool {
+	c.outcome, c.reason, c.err = OutcomeBadFirstPacket, reason, err
+	return false
+}
+
+// bind parses the CONNECT and applies the policy. A refusal is answered with a CONNACK in
+// the client's protocol version; a malformed packet is only closed, as the spec wants.
+func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
+	cp, err := policy.ParseConnect(pkt)
+	c.connect = cp
+	c.level = cp.Level
+	c.clientID = string(cp.ClientID)
+	var rej *policy.Reject
+	if err != nil && !errors.As(err, &rej) {
+		return nil, c.badFirstPacket(ReasonMalformedPacket, err)
+	}
+	var d policy.Decision
+	if err == nil {
+		d, err = c.srv.cfg.Policy.Bind(c.ident, &cp)
+		errors.As(err, &rej)
+	}
+	if rej != nil {
+		c.outcome, c.reason, c.err = OutcomeRejected, rej.Reason, rej
+		c.refuse(secure, &cp, rej.Code, rej.Reason)
+		return nil, false
+	}
+	c.forwarded = string(d.ClientID)
+	return d.Packet, true
+}
+
+// dial connects to the broker; when it cannot, the device hears "server unavailable".
+func (c *conn) dial(secure net.Conn) (net.Conn, bool) {
+	up, err := c.srv.dialUpstream(c.srv.ctx)
+	if err == nil && !c.setUpstream(up) {
+		up.Close()
+		err = errors.New("dialing upstream: server shutting down")
+	}
+	if err != nil {
+		c.outcome, c.reason, c.err = OutcomeUpstreamUnavailable, ReasonUpstreamUnavailable, err
+		c.srv.log.Warn().Err(err).Uint64(fieldConnID, c.id).Msg("broker unreachable")
+		c.refuse(secure, &c.connect, policy.CodeServerUnavailable, "broker unavailable")
+		return nil, false
+	}
+	return up, true
+}
+
+// refuse writes a CONNACK carrying code and closes the device's side cleanly: close_notify
+// and FIN first, then a short drain of whatever the device still sends, so that unread
+// bytes do not turn the close into a reset that destroys the CONNACK in flight.
+func (c *conn) refuse(secure net.Conn, cp *policy.Connect, code policy.Code, reason string) {
+	ack := cp.AppendConnack(make([]byte, 0, 64), code, reason)
+	_ = c.device.SetDeadline(time.Now().Add(closeLinger))
+	n, err := secure.Write(ack)
+	c.bytesOut += int64(n)
+	if err != nil {
+		return
+	}
+	if cw, ok := secure.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		_, _ = io.CopyN(io.Discard, secure, 64<<10)
+	}
+}
+
+// closeLinger bounds writing a refusal and draining the device after it.
+const closeLinger = 2 * time.Second
+
+// audit writes the connection's one summary line.
+func (c *conn) audit() {
+	ev := c.log.Info()
+	if c.outcome == "" {
+		c.outcome = OutcomeHandshakeFailed
+	}
+	ev = ev.Str(fieldOutcome, c.outcome).
+		Str(fieldReason, c.reason).
+		Str(fieldIdentityKind, c.ident.Kind.String())
+	if c.identity == "" { // the child logger carries it once the handshake succeeded
+		ev = ev.Str(fieldIdentity, "")
+	}
+	if c.level != 0 {
+		ev = ev.Uint8(fieldProtocolLevel, c.level).Str(fieldClientID, c.clientID)
+	}
+	if c.outcome == OutcomeForwarded {
+		ev = ev.Str(fieldClientIDForward, c.forwarded)
+	}
+	if v := c.ident.VersionName(); v != "" {
+		ev = ev.Str(fieldTLSVersion, v).Str(fieldCipherSuite, c.ident.CipherSuiteName())
+	}
+	if c.ident.PSKIdentity != "" {
+		ev = ev.Str(fieldPSKIdentity, c.ident.PSKIdentity)
+	}
+	if c.endedBy != "" {
+		ev = ev.Str(fieldEndedBy, c.endedBy)
+	}
+	if c.err != nil && !isClosed(c.err) {
+		ev = ev.AnErr("error", c.err)
+	}
+	ev.Int64(fieldBytesIn, c.bytesIn).
+		Int64(fieldBytesOut, c.bytesOut).
+		Dur(fieldDuration, time.Since(c.start)).
+		Msg("connection")
+}
+
+// isClosed reports the errors every ended connection produces, which add nothing to a log.
+func isClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE)
+}

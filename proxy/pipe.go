@@ -1,0 +1,132 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// bufSize is one TLS record's plaintext: the secure conn hands over at most one record per
+// Read, and a larger buffer would only sit half empty.
+const bufSize = 16 << 10
+
+// bufPool lends copy buffers only while bytes are moving, so an idle session owns none.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// readWaiter is a conn that can wait for input without holding a buffer (see
+// handshake.Conn.WaitRead). After WaitRead returns nil, a Read does not block on the network.
+type readWaiter interface{ WaitRead() error }
+
+type closeWriter interface{ CloseWrite() error }
+
+// pipe copies both ways until both directions end. When one side finishes cleanly its
+// end is passed on as a half-close (close_notify and FIN towards the device, FIN towards
+// the broker) and the other direction gets CloseTimeout to finish; any error ends both.
+func (c *conn) pipe(device, up net.Conn) {
+	done := make(chan string, 2) // which direction ended, in order
+	var toDevice, toUpstream copyResult
+	go func() {
+		toDevice = copyToDevice(device, up)
+		c.halfClose(device, up, toDevice, c.device)
+		done <- "upstream"
+	}()
+	toUpstream = copyToUpstream(up, device)
+	c.halfClose(up, device, toUpstream, up)
+	done <- "device"
+	c.endedBy = <-done
+	<-done
+
+	c.bytesIn += toUpstream.n
+	c.bytesOut += toDevice.n
+	switch {
+	case toUpstream.err != nil && c.endedBy == "device":
+		c.err = toUpstream.err
+	case toDevice.err != nil && c.endedBy == "upstream":
+		c.err = toDevice.err
+	}
+	c.mu.Lock()
+	if c.aborted {
+		c.endedBy = "shutdown"
+	}
+	c.mu.Unlock()
+}
+
+// halfClose passes a finished direction's end on to dst. other is the socket the opposite
+// direction reads from: it gets a deadline after a clean end, and is closed after an error
+// so that the opposite copier returns at once.
+func (c *conn) halfClose(dst, src net.Conn, r copyResult, other net.Conn) {
+	if r.err == nil {
+		if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
+			_ = other.SetReadDeadline(time.Now().Add(orDuration(c.srv.cfg.CloseTimeout, DefaultCloseTimeout)))
+			return
+		}
+	}
+	// An error, or a conn that cannot half-close: nothing more can flow either way.
+	_ = dst.Close()
+	_ = src.Close()
+	_ = other.Close()
+}
+
+type copyResult struct {
+	n   int64
+	err error // nil for a clean end of stream
+}
+
+// copyToUpstream moves the device's bytes to the broker. The first Read skips the wait:
+// the secure conn may still hold the rest of the record the CONNECT arrived in.
+func copyToUpstream(dst, src net.Conn) copyResult {
+	return copyLoop(dst, src, false)
+}
+
+// copyToDevice moves the broker's bytes to the device.
+func copyToDevice(dst, src net.Conn) copyResult {
+	return copyLoop(dst, src, true)
+}
+
+func copyLoop(dst, src net.Conn, waitFirst bool) copyResult {
+	var r copyResult
+	wait := waiterFor(src)
+	for first := true; ; first = false {
+		if wait != nil && (waitFirst || !first) {
+			if err := wait(); err != nil {
+				r.err = endErr(err)
+				return r
+			}
+		}
+		bp := bufPool.Get().(*[]byte)
+		nr, rerr := src.Read(*bp)
+		if nr > 0 {
+			nw, werr := dst.Write((*bp)[:nr])
+			r.n += int64(nw)
+			if werr != nil {
+				bufPool.Put(bp)
+				r.err = werr
+				return r
+			}
+		}
+		bufPool.Put(bp)
+		if rerr != nil {
+			r.err = endErr(rerr)
+			return r
+		}
+	}
+}
+
+// waiterFor returns how to wait for src to become readable without a buffer, or nil when
+// src offers no way (then the copier holds a buffer while it waits).
+func waiterFor(src net.Conn) func() error {
+	if w, ok := src.(readWaiter); ok {
+		return w.WaitRead
+	}
+	return socketWaiter(src)
+}
+
+// endErr maps a clean end of stream to nil.
+func endErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
