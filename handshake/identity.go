@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+
+	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
 
 // Kind says how the peer proved who it is.
@@ -94,6 +96,9 @@ func (id Identity) VersionName() string {
 func (id Identity) CipherSuiteName() string {
 	if id.CipherSuite == 0 {
 		return ""
+	}
+	if id.Kind == KindPSK {
+		return tlspsk.CipherSuiteName(id.CipherSuite) // crypto/tls knows no PSK suite
 	}
 	return tls.CipherSuiteName(id.CipherSuite)
 }

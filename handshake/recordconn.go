@@ -51,6 +51,16 @@ func newRecordConn(c net.Conn) *recordConn {
 	return rc
 }
 
+// preload makes b the first bytes Read returns, as if they had just arrived: the
+// ClientHello a mixed listener read to route the connection. b must fit a raw buffer.
+func (c *recordConn) preload(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	c.buf = rawBufPool.Get().(*[]byte)
+	c.r, c.w = 0, copy(*c.buf, b)
+}
+
 // Read hands over buffered bytes up to the end of the current record, filling from the
 // socket first when nothing is buffered.
 func (c *recordConn) Read(p []byte) (int, error) {

@@ -267,7 +267,13 @@ func verifyReason(err error, leaf *x509.Certificate) string {
 // ctx cancels the handshake early (on shutdown). On success the returned conn is a *Conn and
 // the Identity describes the client; on failure the error is an *Error with a Reason.
 func (s *TLSServer) Handshake(ctx context.Context, c net.Conn) (net.Conn, Identity, error) {
+	return s.handshake(ctx, c, nil)
+}
+
+// handshake is Handshake on a connection whose first bytes were already read: peeked.
+func (s *TLSServer) handshake(ctx context.Context, c net.Conn, peeked []byte) (net.Conn, Identity, error) {
 	rc := newRecordConn(c)
+	rc.preload(peeked)
 	tc := tls.Server(rc, s.config)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, Identity{}, classify(err)

@@ -99,7 +99,6 @@ func (c *conn) serve() {
 		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
 		return
 	}
-	c.bytesIn += int64(len(pkt))
 	c.pipe(secure, up)
 }
 
@@ -150,7 +149,9 @@ func (c *conn) readConnect(secure net.Conn) ([]byte, bool) {
 	}
 	pkt := make([]byte, hl+remaining)
 	copy(pkt, hdr[:hl])
-	if _, err := io.ReadFull(secure, pkt[hl:]); err != nil {
+	n, err := io.ReadFull(secure, pkt[hl:])
+	c.bytesIn = int64(hl + n)
+	if err != nil {
 		return nil, c.badFirstPacket(readReason(err), err)
 	}
 	return pkt, true

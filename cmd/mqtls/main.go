@@ -41,6 +41,7 @@ func main() {
 func newApp(stdout, stderr io.Writer) *cli.App {
 	commands := []*cli.Command{
 		serveCommand(stdout),
+		pskCommand(stdout),
 		{
 			Name:  "version",
 			Usage: "print the version",

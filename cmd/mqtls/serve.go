@@ -48,11 +48,14 @@ func serveFlags() []cli.Flag {
 		str("upstream", defaultUpstream, "the broker: `host:port` or unix:/path"),
 		str("cert", "", "server certificate chain, PEM `file`"),
 		str("key", "", "server private key, PEM `file`"),
+		str("psk-file", "", "`file` of pre-shared keys, one identity:key per line; turns TLS-PSK on"),
+		str("psk-format", "mosquitto", "syntax of --psk-file: mosquitto (identity:hexkey) or stunnel (PSKsecrets)"),
+		str("psk-hint", "", "PSK identity `hint` sent to clients"),
 		str("client-ca", "", "PEM `file` of the CAs that issue device certificates; turns client certificates on"),
 		str("client-auth", "", "client certificates: none, request or require (default require with --client-ca, else none)"),
 		list("crl", "PEM or DER CRL `file` checked on every handshake (repeatable)"),
 		str("min-tls", "1.2", "lowest TLS version accepted: 1.2 or 1.3"),
-		str("identity", "{cn}", "`template` selecting the device's identity: {cn} {o} {ou} {serial} {dns} {uri} {email} {fingerprint}, with literal text"),
+		str("identity", "", "`template` selecting the device's identity: {cn} {o} {ou} {serial} {dns} {uri} {email} {fingerprint} {psk}, with literal text (default {cn}; {psk} with only --psk-file; {cn}{psk} with both)"),
 		str("client-id", "off", "bind the client ID to the identity: off, enforce, prefix or rewrite"),
 		str("client-id-separator", "/", "between identity and suffix in --client-id prefix"),
 		str("username", "keep", "user name forwarded: keep, identity or strip"),
@@ -90,7 +93,10 @@ func serveCommand(stdout io.Writer) *cli.Command {
 // serveConfig is everything serve needs, validated.
 type serveConfig struct {
 	listen       string
-	tls          handshake.TLSConfig
+	tls          handshake.TLSConfig // CertFile "" means no certificate handshakes
+	pskFile      string              // "" means no PSK handshakes
+	pskFormat    handshake.PSKFormat
+	pskHint      string
 	policy       policy.Config
 	proxy        proxy.Config // Handshaker, Policy and Logger are set by serve
 	drainTimeout time.Duration
@@ -116,9 +122,21 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		ClientCAFile: c.String("client-ca"),
 		CRLFiles:     c.StringSlice("crl"),
 	}
+	cfg.pskFile, cfg.pskHint = c.String("psk-file"), c.String("psk-hint")
+	var err error
+	if cfg.pskFormat, err = handshake.ParsePSKFormat(c.String("psk-format")); err != nil {
+		bad("--psk-format: %w", err)
+	}
+	if cfg.pskFile == "" && (c.IsSet("psk-hint") || c.IsSet("psk-format")) {
+		bad("--psk-hint and --psk-format need --psk-file: the file of device keys")
+	}
 	switch {
+	case cfg.tls.CertFile == "" && cfg.tls.KeyFile == "" && cfg.pskFile == "":
+		bad("--cert and --key are required (the server certificate chain and its private key, PEM files), or --psk-file for TLS-PSK")
 	case cfg.tls.CertFile == "" && cfg.tls.KeyFile == "":
-		bad("--cert and --key are required: the server certificate chain and its private key (PEM files)")
+		if mutual := c.String("client-ca"); mutual != "" {
+			bad("--client-ca needs --cert and --key: a PSK-only listener has no certificate handshakes")
+		}
 	case cfg.tls.CertFile == "":
 		bad("--key is set but --cert is not: give the certificate that goes with the key")
 	case cfg.tls.KeyFile == "":
@@ -155,14 +173,24 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 	}
 
 	// Binding policy.
+	identity := c.String("identity")
+	if identity == "" {
+		switch {
+		case cfg.pskFile != "" && cfg.tls.CertFile == "":
+			identity = "{psk}"
+		case cfg.pskFile != "":
+			identity = "{cn}{psk}"
+		default:
+			identity = "{cn}"
+		}
+	}
 	cfg.policy = policy.Config{
-		Identity:          c.String("identity"),
+		Identity:          identity,
 		ClientIDSeparator: c.String("client-id-separator"),
 		Allow:             c.StringSlice("allow"),
 		Deny:              c.StringSlice("deny"),
 		IdentityProperty:  c.String("identity-property"),
 	}
-	var err error
 	if cfg.policy.ClientID, err = policy.ParseClientIDMode(c.String("client-id")); err != nil {
 		bad("--client-id: %s", trimPolicy(err))
 	}
@@ -256,12 +284,18 @@ func identitySourceProblems(c *cli.Context, cfg serveConfig, tmpl policy.Templat
 		return nil
 	}
 	what := strings.Join(needs, " and ")
+	certs, psks := cfg.tls.ClientCAFile != "", cfg.pskFile != ""
 	kinds := tmpl.Kinds()
 	switch {
-	case cfg.tls.ClientCAFile == "":
-		return []error{fmt.Errorf("%s needs an identity, but without --client-ca no device proves one: add --client-ca (device certificates) or drop %s", what, what)}
-	case !slices.Contains(kinds, handshake.KindCertificate):
-		return []error{fmt.Errorf("--identity %q uses no certificate field, so %s can never be satisfied on this certificate listener: use {cn}, {uri}, {dns}, ...", c.String("identity"), what)}
+	case !certs && !psks:
+		return []error{fmt.Errorf("%s needs an identity, but without --client-ca or --psk-file no device proves one: add --client-ca (device certificates) or --psk-file (pre-shared keys), or drop %s", what, what)}
+	case !(certs && slices.Contains(kinds, handshake.KindCertificate)) && !(psks && slices.Contains(kinds, handshake.KindPSK)):
+		have := "certificates (--client-ca)"
+		fields := "{cn}, {uri}, {dns}, ..."
+		if !certs {
+			have, fields = "pre-shared keys (--psk-file)", "{psk}"
+		}
+		return []error{fmt.Errorf("--identity %q names no field the devices of this listener have, so %s can never be satisfied: its devices prove %s; use %s", cfg.policy.Identity, what, have, fields)}
 	}
 	return nil
 }
@@ -272,7 +306,7 @@ func trimPolicy(err error) string { return strings.TrimPrefix(err.Error(), "poli
 func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
 
-	hs, err := handshake.NewTLSServer(cfg.tls)
+	hs, err := newHandshaker(cfg)
 	if err != nil {
 		return err
 	}
@@ -281,7 +315,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 		return err
 	}
 	pc := cfg.proxy
-	pc.Handshaker, pc.Policy, pc.Logger = hs, pol, log
+	pc.Handshaker, pc.Policy, pc.Logger = hs.Handshaker, pol, log
 	srv, err := proxy.New(pc)
 	if err != nil {
 		return err
@@ -290,9 +324,15 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
-	log.Info().Str("version", version).Str("upstream", pc.Upstream).
-		Str("client_auth", cfg.tls.ClientAuth.String()).Str("client_id", cfg.policy.ClientID.String()).
-		Str("identity", pol.Template().String()).Msg("starting")
+	ev := log.Info().Str("version", version).Str("upstream", pc.Upstream).
+		Str("client_id", cfg.policy.ClientID.String()).Str("identity", pol.Template().String())
+	if cfg.tls.CertFile != "" {
+		ev = ev.Str("client_auth", cfg.tls.ClientAuth.String())
+	}
+	if cfg.pskFile != "" {
+		ev = ev.Str("psk_file", cfg.pskFile).Int("psk_identities", hs.psks)
+	}
+	ev.Msg("starting")
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -311,6 +351,42 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	<-serveErr
 	log.Info().Msg("stopped")
 	return nil
+}
+
+// handshakers is what newHandshaker built: the listener's handshaker and, for the start-up
+// log line, how many PSK identities it loaded.
+type handshakers struct {
+	proxy.Handshaker
+	psks int
+}
+
+// newHandshaker loads the files cfg names and returns the listener's handshaker:
+// crypto/tls, TLS-PSK, or both behind a ClientHello router.
+func newHandshaker(cfg serveConfig) (handshakers, error) {
+	var tlsSrv *handshake.TLSServer
+	var pskSrv *handshake.PSKServer
+	var out handshakers
+	if cfg.tls.CertFile != "" {
+		var err error
+		if tlsSrv, err = handshake.NewTLSServer(cfg.tls); err != nil {
+			return out, err
+		}
+		out.Handshaker = tlsSrv
+	}
+	if cfg.pskFile != "" {
+		store, err := handshake.LoadPSKFile(cfg.pskFile, cfg.pskFormat)
+		if err != nil {
+			return out, fmt.Errorf("--psk-file: %w", err)
+		}
+		if pskSrv, err = handshake.NewPSKServer(store, cfg.pskHint); err != nil {
+			return out, fmt.Errorf("--psk-hint: %w", err)
+		}
+		out.Handshaker, out.psks = pskSrv, store.Len()
+	}
+	if tlsSrv != nil && pskSrv != nil {
+		out.Handshaker = &handshake.Mixed{TLS: tlsSrv, PSK: pskSrv}
+	}
+	return out, nil
 }
 
 func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
