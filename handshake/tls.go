@@ -215,21 +215,24 @@ func (m *tlsMaterial) addCRL(file string, cas []*x509.Certificate) error {
 
 // verify checks the client chain against the current roots and CRLs. The error it returns
 // is the one crypto/tls hands back from the handshake, so it carries the reason.
-func (s *TLSServer) verify(cs tls.ConnectionState) error {
-	if len(cs.PeerCertificates) == 0 {
+func (s *TLSServer) verify(cs tls.ConnectionState) error { return s.verifyChain(cs.PeerCertificates) }
+
+// verifyChain checks the certificates a client sent, leaf first.
+func (s *TLSServer) verifyChain(certs []*x509.Certificate) error {
+	if len(certs) == 0 {
 		if s.auth == ClientAuthRequire {
 			return &Error{Reason: ReasonNoClientCert, Err: errors.New("the client sent no certificate")}
 		}
 		return nil
 	}
 	m := s.material.Load()
-	leaf := cs.PeerCertificates[0]
+	leaf := certs[0]
 	opts := x509.VerifyOptions{
 		Roots:         m.roots,
 		Intermediates: x509.NewCertPool(),
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	for _, c := range cs.PeerCertificates[1:] {
+	for _, c := range certs[1:] {
 		opts.Intermediates.AddCert(c)
 	}
 	chains, err := leaf.Verify(opts)

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/policy"
+	"github.com/mqtls/mqtls/proxy/datagram"
 )
 
 // conn is one accepted connection, from accept to its audit line.
@@ -26,6 +29,7 @@ type conn struct {
 	mu       sync.Mutex
 	upstream net.Conn // set once dialled, for abort
 	aborted  bool
+	closing  atomic.Bool // a close deadline is armed on the device; idle no longer applies
 
 	// What the audit line reports; written only by the serving goroutine until pipe
 	// starts, then by the two copiers (one field each) before serve reads them.
@@ -40,8 +44,14 @@ type conn struct {
 	connect   policy.Connect // the first packet as parsed, for answering in its version
 	bytesIn   int64          // device → broker, the CONNECT included
 	bytesOut  int64          // broker → device, a rejection CONNACK included
+	dgram     *datagram.Conn // the framing layer of a DTLS session, nil on TCP
 	endedBy   string
 	err       error
+}
+
+// dropped logs a datagram the framing layer dropped; the audit line counts them.
+func (c *conn) dropped(err error) {
+	c.log.Debug().Str(fieldReason, "datagram_not_whole_packets").Err(err).Msg("datagram dropped")
 }
 
 // abort closes the connection's sockets so that whatever it is blocked on returns.
@@ -78,6 +88,10 @@ func (c *conn) serve() {
 		return
 	}
 	defer secure.Close()
+	if s.cfg.Datagram {
+		c.dgram = datagram.New(secure, datagram.Options{MaxDatagram: s.cfg.MaxDatagram, OnDrop: c.dropped})
+		secure = c.dgram
+	}
 	pkt, ok := c.readConnect(secure)
 	if !ok {
 		return
@@ -102,11 +116,24 @@ func (c *conn) serve() {
 	c.pipe(secure, up)
 }
 
-// handshake secures the device's connection under the handshake deadline.
+// handshake secures the device's connection under the handshake deadline, which bounds
+// both the socket and the context (some handshakers, pion's DTLS, follow only the latter).
 func (c *conn) handshake() (net.Conn, bool) {
 	s := c.srv
-	_ = c.device.SetDeadline(c.start.Add(orDuration(s.cfg.HandshakeTimeout, DefaultHandshakeTimeout)))
-	secure, id, err := s.cfg.Handshaker.Handshake(s.ctx, c.device)
+	if max := int64(s.cfg.MaxHandshakes); max > 0 {
+		if s.handshakes.Add(1) > max {
+			s.handshakes.Add(-1)
+			c.outcome, c.reason = OutcomeRefused, ReasonMaxHandshakes
+			c.err = fmt.Errorf("%d handshakes already in progress", max)
+			return nil, false
+		}
+		defer s.handshakes.Add(-1)
+	}
+	deadline := c.start.Add(orDuration(s.cfg.HandshakeTimeout, DefaultHandshakeTimeout))
+	_ = c.device.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(s.ctx, deadline)
+	defer cancel()
+	secure, id, err := s.cfg.Handshaker.Handshake(ctx, c.device)
 	if err != nil {
 		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, handshake.Reason(err), err
 		return nil, false
@@ -252,6 +279,9 @@ func (c *conn) audit() {
 	}
 	if c.ident.PSKIdentity != "" {
 		ev = ev.Str(fieldPSKIdentity, c.ident.PSKIdentity)
+	}
+	if c.dgram != nil {
+		ev = ev.Uint64(fieldDropped, c.dgram.Dropped())
 	}
 	if c.endedBy != "" {
 		ev = ev.Str(fieldEndedBy, c.endedBy)

@@ -20,6 +20,7 @@ const (
 	fieldDuration        = "duration"
 	fieldEndedBy         = "ended_by"
 	fieldPSKIdentity     = "psk_identity"
+	fieldDropped         = "datagrams_dropped"
 )
 
 // Outcomes of a connection, one per audit line.
@@ -29,6 +30,7 @@ const (
 	OutcomeHandshakeFailed     = "handshake_failed"
 	OutcomeBadFirstPacket      = "bad_first_packet"
 	OutcomeUpstreamUnavailable = "upstream_unavailable"
+	OutcomeRefused             = "refused" // over a limit, before any handshake work
 )
 
 // Reasons this package assigns; handshake and policy assign their own.
@@ -39,4 +41,9 @@ const (
 	ReasonPacketTooLarge      = "packet_too_large"
 	ReasonClientClosed        = "client_closed"
 	ReasonUpstreamUnavailable = "upstream_unavailable"
+	ReasonMaxConnections      = "max_connections"
+	ReasonMaxHandshakes       = "max_handshakes"
+	ReasonIdleTimeout         = "idle_timeout"
+	// ReasonDatagramTooLarge: the broker sent a packet larger than a DTLS record can carry.
+	ReasonDatagramTooLarge = "packet_too_large_for_datagram"
 )

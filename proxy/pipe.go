@@ -4,8 +4,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"github.com/mqtls/mqtls/proxy/datagram"
 )
 
 // bufSize is one TLS record's plaintext: the secure conn hands over at most one record per
@@ -32,7 +35,7 @@ func (c *conn) pipe(device, up net.Conn) {
 		c.halfClose(device, up, toDevice, c.device)
 		done <- "upstream"
 	}()
-	toUpstream = copyToUpstream(up, device)
+	toUpstream = copyToUpstream(up, device, c.idleArm())
 	c.halfClose(up, device, toUpstream, up)
 	done <- "device"
 	c.endedBy = <-done
@@ -43,8 +46,14 @@ func (c *conn) pipe(device, up net.Conn) {
 	switch {
 	case toUpstream.err != nil && c.endedBy == "device":
 		c.err = toUpstream.err
+		if errors.Is(c.err, os.ErrDeadlineExceeded) && !c.closing.Load() {
+			c.reason = ReasonIdleTimeout
+		}
 	case toDevice.err != nil && c.endedBy == "upstream":
 		c.err = toDevice.err
+		if errors.Is(c.err, datagram.ErrPacketTooLarge) {
+			c.reason = ReasonDatagramTooLarge
+		}
 	}
 	c.mu.Lock()
 	if c.aborted {
@@ -59,6 +68,7 @@ func (c *conn) pipe(device, up net.Conn) {
 func (c *conn) halfClose(dst, src net.Conn, r copyResult, other net.Conn) {
 	if r.err == nil {
 		if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
+			c.closing.Store(true)
 			_ = other.SetReadDeadline(time.Now().Add(orDuration(c.srv.cfg.CloseTimeout, DefaultCloseTimeout)))
 			return
 		}
@@ -74,21 +84,38 @@ type copyResult struct {
 	err error // nil for a clean end of stream
 }
 
+// idleArm returns what copyToUpstream calls before each wait for the device: it pushes the
+// idle deadline on, unless a close deadline has been armed since.
+func (c *conn) idleArm() func() {
+	d := c.srv.cfg.IdleTimeout
+	if d <= 0 {
+		return nil
+	}
+	return func() {
+		if !c.closing.Load() {
+			_ = c.device.SetReadDeadline(time.Now().Add(d))
+		}
+	}
+}
+
 // copyToUpstream moves the device's bytes to the broker. The first Read skips the wait:
 // the secure conn may still hold the rest of the record the CONNECT arrived in.
-func copyToUpstream(dst, src net.Conn) copyResult {
-	return copyLoop(dst, src, false)
+func copyToUpstream(dst, src net.Conn, beforeRead func()) copyResult {
+	return copyLoop(dst, src, false, beforeRead)
 }
 
 // copyToDevice moves the broker's bytes to the device.
 func copyToDevice(dst, src net.Conn) copyResult {
-	return copyLoop(dst, src, true)
+	return copyLoop(dst, src, true, nil)
 }
 
-func copyLoop(dst, src net.Conn, waitFirst bool) copyResult {
+func copyLoop(dst, src net.Conn, waitFirst bool, beforeRead func()) copyResult {
 	var r copyResult
 	wait := waiterFor(src)
 	for first := true; ; first = false {
+		if beforeRead != nil {
+			beforeRead()
+		}
 		if wait != nil && (waitFirst || !first) {
 			if err := wait(); err != nil {
 				r.err = endErr(err)

@@ -34,6 +34,22 @@ type Config struct {
 	// default 5s.
 	CloseTimeout   time.Duration
 	MaxConnectSize int // largest CONNECT accepted, fixed header included; default 64 KiB
+	// IdleTimeout closes a session when the device sends nothing for this long; 0 means
+	// never (the broker's keep-alive judges TCP sessions). DTLS needs it: UDP has no FIN.
+	IdleTimeout time.Duration
+
+	// Datagram says the handshaker yields message-oriented conns (DTLS): MQTT packets are
+	// then framed as package datagram describes, with datagrams toward the device of at
+	// most MaxDatagram bytes (default datagram.DefaultMaxDatagram).
+	Datagram    bool
+	MaxDatagram int
+
+	// MaxConnections caps open connections, handshakes included; 0 means no cap. A
+	// connection over it is closed at accept, before any handshake work.
+	MaxConnections int
+	// MaxHandshakes caps handshakes in progress; 0 means no cap. A connection that would
+	// exceed it is closed at once, before its handshake starts.
+	MaxHandshakes int
 
 	Logger zerolog.Logger
 }
@@ -94,7 +110,8 @@ type Server struct {
 	draining  bool
 	wg        sync.WaitGroup
 
-	nextID atomic.Uint64
+	nextID     atomic.Uint64
+	handshakes atomic.Int64
 }
 
 // New returns a Server for cfg.
@@ -170,6 +187,11 @@ func (s *Server) newConn(c net.Conn) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
+		return nil
+	}
+	if s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections {
+		s.log.Debug().Str(fieldRemote, c.RemoteAddr().String()).Str(fieldReason, ReasonMaxConnections).
+			Int("max_connections", s.cfg.MaxConnections).Msg("connection refused")
 		return nil
 	}
 	cn := &conn{srv: s, device: c, id: s.nextID.Add(1), start: time.Now()}

@@ -263,7 +263,7 @@ func startServer(t *testing.T, args ...string) *server {
 
 	line, ok := s.logs.wait(waitTimeout, s.done, func(line string) bool {
 		e, ok := parseEntry(line)
-		return ok && e.str("message") == "listening" && e.str("addr") != ""
+		return ok && e.str("message") == "listening" && e.str("addr") != "" && e.str("listener") == "tcp"
 	})
 	if !ok {
 		s.cancel()

@@ -19,6 +19,7 @@ import (
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/policy"
 	"github.com/mqtls/mqtls/proxy"
+	"github.com/mqtls/mqtls/proxy/datagram"
 )
 
 // Defaults of the serve flags that are not a package's own default.
@@ -26,6 +27,8 @@ const (
 	defaultListen       = ":8883"
 	defaultUpstream     = "127.0.0.1:1883"
 	defaultDrainTimeout = 30 * time.Second
+	// defaultDTLSIdle outlasts MQTT's customary 60 s keep-alive with room for a lost PINGREQ.
+	defaultDTLSIdle = 5 * time.Minute
 )
 
 // envFor is the environment variable that sets a flag: --client-id is MQTLS_CLIENT_ID.
@@ -63,6 +66,11 @@ func serveFlags() []cli.Flag {
 		list("allow", "regular `expression` an identity must match, anchored at both ends (repeatable)"),
 		list("deny", "regular `expression` refusing the identities it matches, anchored at both ends (repeatable)"),
 		str("identity-property", "", "MQTT 5 user property `name` that carries the identity to the broker"),
+		str("dtls-listen", "", "UDP `address` to accept DTLS connections on (off when empty); same certificates, PSKs and policy as --listen"),
+		&cli.IntFlag{Name: "dtls-max-datagram", Value: datagram.DefaultMaxDatagram, Usage: "largest datagram sent to DTLS devices, in `bytes`; whole MQTT packets are packed up to it", EnvVars: envFor("dtls-max-datagram")},
+		dur("dtls-idle-timeout", defaultDTLSIdle, "close a DTLS session after this long without a datagram from the device (UDP has no FIN)"),
+		&cli.IntFlag{Name: "max-connections", Usage: "most open connections per listener, handshakes included; 0 for no cap", EnvVars: envFor("max-connections")},
+		&cli.IntFlag{Name: "max-handshakes", Usage: "most handshakes in progress per listener; 0 for no cap", EnvVars: envFor("max-handshakes")},
 		dur("handshake-timeout", proxy.DefaultHandshakeTimeout, "time allowed for the TLS handshake"),
 		dur("connect-timeout", proxy.DefaultConnectTimeout, "time allowed for the CONNECT packet after the handshake"),
 		dur("dial-timeout", proxy.DefaultDialTimeout, "time allowed to connect to the upstream broker"),
@@ -97,6 +105,7 @@ type serveConfig struct {
 	pskFile      string              // "" means no PSK handshakes
 	pskFormat    handshake.PSKFormat
 	pskHint      string
+	dtlsListen   string
 	policy       policy.Config
 	proxy        proxy.Config // Handshaker, Policy and Logger are set by serve
 	drainTimeout time.Duration
@@ -235,6 +244,27 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		ConnectTimeout:   c.Duration("connect-timeout"),
 		DialTimeout:      c.Duration("dial-timeout"),
 		MaxConnectSize:   c.Int("max-connect-size"),
+		MaxConnections:   c.Int("max-connections"),
+		MaxHandshakes:    c.Int("max-handshakes"),
+		IdleTimeout:      c.Duration("dtls-idle-timeout"), // used on the DTLS listener only
+		MaxDatagram:      c.Int("dtls-max-datagram"),
+	}
+	cfg.dtlsListen = c.String("dtls-listen")
+	if cfg.dtlsListen != "" {
+		if _, _, err := net.SplitHostPort(cfg.dtlsListen); err != nil {
+			bad("--dtls-listen %q: want host:port or :port: %v", cfg.dtlsListen, err)
+		}
+	}
+	if n := cfg.proxy.MaxDatagram; n < 64 || n > datagram.MaxRecord {
+		bad("--dtls-max-datagram %d: want 64 to %d bytes", n, datagram.MaxRecord)
+	}
+	if cfg.proxy.IdleTimeout < 0 {
+		bad("--dtls-idle-timeout %v: must not be negative (0 turns it off)", cfg.proxy.IdleTimeout)
+	}
+	for _, f := range []string{"max-connections", "max-handshakes"} {
+		if c.Int(f) < 0 {
+			bad("--%s %d: must not be negative (0 means no cap)", f, c.Int(f))
+		}
 	}
 	if err := proxy.ValidateUpstream(cfg.proxy.Upstream); err != nil {
 		bad("--upstream: %w", err)
@@ -302,7 +332,7 @@ func identitySourceProblems(c *cli.Context, cfg serveConfig, tmpl policy.Templat
 
 func trimPolicy(err error) string { return strings.TrimPrefix(err.Error(), "policy: ") }
 
-// serve runs one listener until ctx is cancelled, then drains.
+// serve runs the listeners until ctx is cancelled, then drains them.
 func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
 
@@ -314,8 +344,20 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	type listener struct {
+		srv *proxy.Server
+		ln  net.Listener
+	}
+	var listeners []listener
+	defer func() {
+		for _, l := range listeners {
+			l.ln.Close()
+		}
+	}()
+
 	pc := cfg.proxy
 	pc.Handshaker, pc.Policy, pc.Logger = hs.Handshaker, pol, log
+	pc.IdleTimeout = 0 // TCP sessions end with FIN; the broker's keep-alive judges idleness
 	srv, err := proxy.New(pc)
 	if err != nil {
 		return err
@@ -324,6 +366,24 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
+	listeners = append(listeners, listener{srv, ln})
+
+	if cfg.dtlsListen != "" {
+		dln, dtlsSrv, err := handshake.ListenDTLS(cfg.dtlsListen, handshake.DTLSConfig{TLS: hs.tls, PSK: hs.psk})
+		if err != nil {
+			return fmt.Errorf("--dtls-listen: %w", err)
+		}
+		dc := cfg.proxy
+		dc.Name, dc.Datagram = "dtls", true
+		dc.Handshaker, dc.Policy, dc.Logger = dtlsSrv, pol, log
+		dsrv, err := proxy.New(dc)
+		if err != nil {
+			dln.Close()
+			return err
+		}
+		listeners = append(listeners, listener{dsrv, dln})
+	}
+
 	ev := log.Info().Str("version", version).Str("upstream", pc.Upstream).
 		Str("client_id", cfg.policy.ClientID.String()).Str("identity", pol.Template().String())
 	if cfg.tls.CertFile != "" {
@@ -334,29 +394,49 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	}
 	ev.Msg("starting")
 
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	serveErr := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() { serveErr <- l.srv.Serve(l.ln) }()
+	}
+	var failed error
 	select {
 	case err := <-serveErr:
-		// Serve only returns early when the listener fails for good.
-		return fmt.Errorf("serving %s: %w", ln.Addr(), err)
+		// Serve only returns early when a listener fails for good.
+		failed = fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
 	log.Info().Dur("drain_timeout", cfg.drainTimeout).Msg("shutting down: draining connections")
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	defer cancel()
-	if err := srv.Shutdown(dctx); err != nil {
-		log.Info().Msg("drain timeout reached: remaining connections closed")
+	done := make(chan error, len(listeners))
+	for _, l := range listeners {
+		go func() { done <- l.srv.Shutdown(dctx) }()
 	}
-	<-serveErr
+	for range listeners {
+		if err := <-done; err != nil {
+			log.Info().Msg("drain timeout reached: remaining connections closed")
+		}
+	}
+	for range len(listeners) - btoi(failed != nil) {
+		<-serveErr
+	}
 	log.Info().Msg("stopped")
-	return nil
+	return failed
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // handshakers is what newHandshaker built: the listener's handshaker and, for the start-up
 // log line, how many PSK identities it loaded.
 type handshakers struct {
 	proxy.Handshaker
+	tls  *handshake.TLSServer // nil without certificates
+	psk  *handshake.PSKServer // nil without PSKs
 	psks int
 }
 
@@ -386,6 +466,7 @@ func newHandshaker(cfg serveConfig) (handshakers, error) {
 	if tlsSrv != nil && pskSrv != nil {
 		out.Handshaker = &handshake.Mixed{TLS: tlsSrv, PSK: pskSrv}
 	}
+	out.tls, out.psk = tlsSrv, pskSrv
 	return out, nil
 }
 
