@@ -54,6 +54,9 @@ type Identity struct {
 	TLSVersion  uint16
 	CipherSuite uint16
 	DTLS        bool
+
+	// For revocation checks after a CRL reload: the leaf's raw issuer and decimal serial.
+	issuer, serialDec string
 }
 
 // FromCertificate fills the certificate fields of an Identity from a verified leaf.
@@ -68,6 +71,8 @@ func FromCertificate(leaf *x509.Certificate) Identity {
 		DNSNames:           leaf.DNSNames,
 		Emails:             leaf.EmailAddresses,
 		Fingerprint:        hex.EncodeToString(sum[:]),
+		issuer:             string(leaf.RawIssuer),
+		serialDec:          leaf.SerialNumber.String(),
 	}
 	for _, u := range leaf.URIs {
 		id.URIs = append(id.URIs, u.String())

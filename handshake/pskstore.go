@@ -54,15 +54,35 @@ const maxPSKIdentityLen = 128
 // handshakes never see half a file; it is safe for concurrent use.
 type PSKStore struct {
 	keys atomic.Pointer[map[string][]byte]
+	// file and format are what LoadPSKFile read, for Reload.
+	file   string
+	format PSKFormat
 }
 
 // LoadPSKFile reads file in format f into a new store.
 func LoadPSKFile(file string, f PSKFormat) (*PSKStore, error) {
-	s := &PSKStore{}
+	s := &PSKStore{file: file, format: f}
 	if err := s.Load(file, f); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Reload reads the file LoadPSKFile read again; on error the old keys stay.
+func (s *PSKStore) Reload() error {
+	if s.file == "" {
+		return errors.New("PSK store was not loaded from a file")
+	}
+	return s.Load(s.file, s.format)
+}
+
+// File returns the file the store was loaded from.
+func (s *PSKStore) File() string { return s.file }
+
+// Has reports whether identity is in the store.
+func (s *PSKStore) Has(identity string) bool {
+	_, ok := s.Lookup(identity)
+	return ok
 }
 
 // Load reads file and, only if all of it is valid, replaces the store's keys with it.

@@ -77,10 +77,22 @@ type tlsMaterial struct {
 	roots *x509.CertPool
 	// revoked maps a CA's raw subject to the serials (decimal) its CRLs revoke.
 	revoked map[string]map[string]struct{}
+	// files describes what was loaded, for expiry monitoring and mqtls check.
+	files []FileInfo
+}
+
+// FileInfo is one certificate or CRL a server loaded, and when it stops being valid.
+type FileInfo struct {
+	File    string
+	Role    string // "server", "client_ca" or "crl"
+	Subject string // the certificate's subject, or the CRL's issuer
+	// NotAfter is the certificate's expiry, or the CRL's next update (zero if it has none).
+	NotAfter time.Time
 }
 
 // TLSServer performs TLS and mutual-TLS handshakes with crypto/tls.
 type TLSServer struct {
+	cfg      TLSConfig
 	auth     ClientAuth
 	config   *tls.Config
 	material atomic.Pointer[tlsMaterial]
@@ -106,7 +118,7 @@ func NewTLSServer(c TLSConfig) (*TLSServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &TLSServer{auth: c.ClientAuth}
+	s := &TLSServer{cfg: c, auth: c.ClientAuth}
 	s.material.Store(m)
 	min := c.MinVersion
 	if min == 0 {
@@ -128,12 +140,44 @@ func NewTLSServer(c TLSConfig) (*TLSServer, error) {
 	return s, nil
 }
 
+// Reload reads the files again and, only if all of them are good, makes new handshakes
+// use them; established sessions are not touched. On error the old material stays.
+func (s *TLSServer) Reload() error {
+	m, err := loadTLSMaterial(s.cfg)
+	if err != nil {
+		return err
+	}
+	s.material.Store(m)
+	return nil
+}
+
+// Files describes the certificates and CRLs in use.
+func (s *TLSServer) Files() []FileInfo { return s.material.Load().files }
+
+// Config returns the configuration the server was built from.
+func (s *TLSServer) Config() TLSConfig { return s.cfg }
+
+// Revoked reports whether id's certificate is revoked by the CRLs now loaded: after a
+// reload, sessions that authenticated before may be closed with it.
+func (s *TLSServer) Revoked(id Identity) bool {
+	if id.Kind != KindCertificate || id.issuer == "" {
+		return false
+	}
+	_, revoked := s.material.Load().revoked[id.issuer][id.serialDec]
+	return revoked
+}
+
 func loadTLSMaterial(c TLSConfig) (*tlsMaterial, error) {
 	cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("loading server certificate %s and key %s: %w", c.CertFile, c.KeyFile, err)
 	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("parsing server certificate %s: %w", c.CertFile, err)
+	}
 	m := &tlsMaterial{cert: &cert, revoked: map[string]map[string]struct{}{}}
+	m.files = append(m.files, FileInfo{File: c.CertFile, Role: "server", Subject: leaf.Subject.String(), NotAfter: leaf.NotAfter})
 	if c.ClientCAFile == "" {
 		return m, nil
 	}
@@ -144,6 +188,7 @@ func loadTLSMaterial(c TLSConfig) (*tlsMaterial, error) {
 	m.roots = x509.NewCertPool()
 	for _, ca := range cas {
 		m.roots.AddCert(ca)
+		m.files = append(m.files, FileInfo{File: c.ClientCAFile, Role: "client_ca", Subject: ca.Subject.String(), NotAfter: ca.NotAfter})
 	}
 	for _, f := range c.CRLFiles {
 		if err := m.addCRL(f, cas); err != nil {
@@ -208,6 +253,7 @@ func (m *tlsMaterial) addCRL(file string, cas []*x509.Certificate) error {
 		for _, e := range crl.RevokedCertificateEntries {
 			set[e.SerialNumber.String()] = struct{}{}
 		}
+		m.files = append(m.files, FileInfo{File: file, Role: "crl", Subject: crl.Issuer.String(), NotAfter: crl.NextUpdate})
 		return nil
 	}
 	return fmt.Errorf("CRL file %s (issuer %q) is not signed by any CA in the client CA file", file, crl.Issuer)

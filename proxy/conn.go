@@ -29,7 +29,10 @@ type conn struct {
 	mu       sync.Mutex
 	upstream net.Conn // set once dialled, for abort
 	aborted  bool
-	closing  atomic.Bool // a close deadline is armed on the device; idle no longer applies
+	secured  bool               // the handshake succeeded; ident is set
+	revoked  bool               // closed by CloseMatching
+	proven   handshake.Identity // copy of ident for CloseMatching, under mu
+	closing  atomic.Bool        // a close deadline is armed on the device; idle no longer applies
 
 	// What the audit line reports; written only by the serving goroutine until pipe
 	// starts, then by the two copiers (one field each) before serve reads them.
@@ -45,8 +48,10 @@ type conn struct {
 	bytesIn   int64          // device → broker, the CONNECT included
 	bytesOut  int64          // broker → device, a rejection CONNACK included
 	dgram     *datagram.Conn // the framing layer of a DTLS session, nil on TCP
-	endedBy   string
-	err       error
+	// heldIdentity is the identity whose per-identity slot this session holds, "" if none.
+	heldIdentity string
+	endedBy      string
+	err          error
 }
 
 // dropped logs a datagram the framing layer dropped; the audit line counts them.
@@ -63,6 +68,22 @@ func (c *conn) abort() {
 	if c.upstream != nil {
 		c.upstream.Close()
 	}
+}
+
+// identityIfSecured returns the session's identity once its handshake succeeded. The
+// caller holds the server's lock; c.mu orders it with the serving goroutine.
+func (c *conn) identityIfSecured() (handshake.Identity, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.proven, c.secured
+}
+
+// revoke closes the session because its credentials are no longer valid.
+func (c *conn) revoke() {
+	c.mu.Lock()
+	c.revoked = true
+	c.mu.Unlock()
+	c.abort()
 }
 
 func (c *conn) setUpstream(u net.Conn) bool {
@@ -134,10 +155,20 @@ func (c *conn) handshake() (net.Conn, bool) {
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
 	secure, id, err := s.cfg.Handshaker.Handshake(ctx, c.device)
+	took := time.Since(c.start)
 	if err != nil {
 		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, handshake.Reason(err), err
+		if h := s.cfg.Hooks.Handshake; h != nil {
+			h(s.cfg.name(), "", c.reason, took)
+		}
 		return nil, false
 	}
+	if h := s.cfg.Hooks.Handshake; h != nil {
+		h(s.cfg.name(), sessionKind(id.DTLS, id.Kind.String()), "", took)
+	}
+	c.mu.Lock()
+	c.proven, c.secured = id, true
+	c.mu.Unlock()
 	c.ident = id
 	c.identity = s.cfg.Policy.Template().Render(id)
 	c.log = c.log.With().Str(fieldIdentity, c.identity).Logger()
@@ -217,6 +248,15 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 		c.refuse(secure, &cp, rej.Code, rej.Reason)
 		return nil, false
 	}
+	if max := c.srv.cfg.MaxPerIdentity; max > 0 && d.Identity != "" {
+		if !c.srv.identities.acquire(d.Identity, max) {
+			c.outcome, c.reason = OutcomeRejected, ReasonMaxPerIdentity
+			c.err = fmt.Errorf("identity %q already holds %d sessions", d.Identity, max)
+			c.refuse(secure, &cp, policy.CodeServerBusy, ReasonMaxPerIdentity)
+			return nil, false
+		}
+		c.heldIdentity = d.Identity
+	}
 	c.forwarded = string(d.ClientID)
 	return d.Packet, true
 }
@@ -224,6 +264,9 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 // dial connects to the broker; when it cannot, the device hears "server unavailable".
 func (c *conn) dial(secure net.Conn) (net.Conn, bool) {
 	up, err := c.srv.dialUpstream(c.srv.ctx)
+	if h := c.srv.cfg.Hooks.UpstreamDial; h != nil {
+		h(c.srv.cfg.name(), err)
+	}
 	if err == nil && !c.setUpstream(up) {
 		up.Close()
 		err = errors.New("dialing upstream: server shutting down")
@@ -256,8 +299,17 @@ func (c *conn) refuse(secure net.Conn, cp *policy.Connect, code policy.Code, rea
 // closeLinger bounds writing a refusal and draining the device after it.
 const closeLinger = 2 * time.Second
 
-// audit writes the connection's one summary line.
+// audit writes the connection's one summary line and tells the hooks.
 func (c *conn) audit() {
+	if c.heldIdentity != "" {
+		c.srv.identities.release(c.heldIdentity)
+	}
+	c.mu.Lock()
+	if c.revoked && c.outcome == OutcomeForwarded {
+		c.reason, c.endedBy = ReasonRevoked, "revoked"
+	}
+	c.mu.Unlock()
+	defer c.summarize()
 	ev := c.log.Info()
 	if c.outcome == "" {
 		c.outcome = OutcomeHandshakeFailed
@@ -293,6 +345,26 @@ func (c *conn) audit() {
 		Int64(fieldBytesOut, c.bytesOut).
 		Dur(fieldDuration, time.Since(c.start)).
 		Msg("connection")
+}
+
+func (c *conn) summarize() {
+	h := c.srv.cfg.Hooks.Closed
+	if h == nil {
+		return
+	}
+	kind := ""
+	if c.ident.TLSVersion != 0 {
+		kind = sessionKind(c.ident.DTLS, c.ident.Kind.String())
+	}
+	h(Summary{
+		Listener: c.srv.cfg.name(),
+		Outcome:  c.outcome,
+		Reason:   c.reason,
+		Kind:     kind,
+		BytesIn:  c.bytesIn,
+		BytesOut: c.bytesOut,
+		Duration: time.Since(c.start),
+	})
 }
 
 // isClosed reports the errors every ended connection produces, which add nothing to a log.

@@ -43,7 +43,11 @@ const (
 	ReasonUpstreamUnavailable = "upstream_unavailable"
 	ReasonMaxConnections      = "max_connections"
 	ReasonMaxHandshakes       = "max_handshakes"
-	ReasonIdleTimeout         = "idle_timeout"
+	ReasonPerIPRate           = "per_ip_rate"
+	ReasonMaxPerIdentity      = "max_connections_per_identity"
+	// ReasonRevoked: the session's PSK was removed or its certificate revoked by a reload.
+	ReasonRevoked     = "credentials_revoked"
+	ReasonIdleTimeout = "idle_timeout"
 	// ReasonDatagramTooLarge: the broker sent a packet larger than a DTLS record can carry.
 	ReasonDatagramTooLarge = "packet_too_large_for_datagram"
 )

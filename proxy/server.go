@@ -50,7 +50,16 @@ type Config struct {
 	// MaxHandshakes caps handshakes in progress; 0 means no cap. A connection that would
 	// exceed it is closed at once, before its handshake starts.
 	MaxHandshakes int
+	// PerIPRate and PerIPBurst limit new connections per source address (a token bucket:
+	// PerIPRate per second, bursts of PerIPBurst); PerIPRate 0 means no limit. Excess is
+	// closed at accept.
+	PerIPRate  float64
+	PerIPBurst int
+	// MaxPerIdentity caps the forwarded sessions one identity may hold; 0 means no cap.
+	// One more is refused with CONNACK "server busy" (0x89; 0x03 on 3.x).
+	MaxPerIdentity int
 
+	Hooks  Hooks
 	Logger zerolog.Logger
 }
 
@@ -112,6 +121,8 @@ type Server struct {
 
 	nextID     atomic.Uint64
 	handshakes atomic.Int64
+	perIP      *ipLimiter // nil without PerIPRate
+	identities identityCounter
 }
 
 // New returns a Server for cfg.
@@ -120,14 +131,18 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger.With().Str(fieldListener, cfg.name()).Logger(),
 		ctx:       ctx,
 		cancel:    cancel,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
-	}, nil
+	}
+	if cfg.PerIPRate > 0 {
+		s.perIP = newIPLimiter(cfg.PerIPRate, cfg.PerIPBurst)
+	}
+	return s, nil
 }
 
 // ErrServerClosed is returned by Serve once Shutdown has been called.
@@ -189,14 +204,27 @@ func (s *Server) newConn(c net.Conn) *conn {
 	if s.draining {
 		return nil
 	}
-	if s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections {
-		s.log.Debug().Str(fieldRemote, c.RemoteAddr().String()).Str(fieldReason, ReasonMaxConnections).
-			Int("max_connections", s.cfg.MaxConnections).Msg("connection refused")
+	now := time.Now()
+	reason := ""
+	switch {
+	case s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections:
+		reason = ReasonMaxConnections
+	case s.perIP != nil && !s.perIP.allow(c.RemoteAddr(), now):
+		reason = ReasonPerIPRate
+	}
+	if reason != "" {
+		s.log.Debug().Str(fieldRemote, c.RemoteAddr().String()).Str(fieldReason, reason).Msg("connection refused at accept")
+		if h := s.cfg.Hooks.Refused; h != nil {
+			h(s.cfg.name(), reason)
+		}
 		return nil
 	}
-	cn := &conn{srv: s, device: c, id: s.nextID.Add(1), start: time.Now()}
+	cn := &conn{srv: s, device: c, id: s.nextID.Add(1), start: now}
 	s.conns[cn] = struct{}{}
 	s.wg.Add(1)
+	if h := s.cfg.Hooks.Opened; h != nil {
+		h(s.cfg.name())
+	}
 	return cn
 }
 
@@ -205,6 +233,22 @@ func (s *Server) forget(cn *conn) {
 	delete(s.conns, cn)
 	s.mu.Unlock()
 	s.wg.Done()
+}
+
+// CloseMatching closes the sessions whose identity match reports true, for instance those
+// authenticated by a PSK that was just removed or a certificate just revoked, and returns
+// how many it closed.
+func (s *Server) CloseMatching(match func(handshake.Identity) bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for cn := range s.conns {
+		if id, ok := cn.identityIfSecured(); ok && match(id) {
+			cn.revoke()
+			n++
+		}
+	}
+	return n
 }
 
 // Shutdown stops accepting, lets open connections finish until ctx is done, then closes

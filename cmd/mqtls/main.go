@@ -23,12 +23,58 @@ import (
 var version = "dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := newApp(os.Stdout, os.Stderr).RunContext(ctx, os.Args)
+	ctx, sig, stop := notify()
+	err := newAppWith(os.Stdout, os.Stderr, sig).RunContext(ctx, os.Args)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "mqtls:", err)
 		os.Exit(1)
+	}
+}
+
+// signals are what serve hears from the process's signals besides the first SIGTERM or
+// SIGINT, which cancels its context. A nil channel never fires.
+type signals struct {
+	hup      <-chan struct{} // SIGHUP: reload certificates, CAs, CRLs and PSKs now
+	hardStop <-chan struct{} // a second SIGTERM or SIGINT: stop draining, close everything
+}
+
+// notify turns the process's signals into a context and signals.
+func notify() (context.Context, signals, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	hup := make(chan struct{}, 1)
+	hard := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		terms := 0
+		for {
+			select {
+			case s := <-ch:
+				if s == syscall.SIGHUP {
+					select {
+					case hup <- struct{}{}:
+					default: // a reload is already pending
+					}
+					continue
+				}
+				terms++
+				switch terms {
+				case 1:
+					cancel()
+				case 2:
+					close(hard)
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return ctx, signals{hup: hup, hardStop: hard}, func() {
+		signal.Stop(ch)
+		close(done)
+		cancel()
 	}
 }
 
@@ -38,9 +84,13 @@ func main() {
 // urfave/cli's own help flag and help command are package globals that every App writes to
 // while it parses, so two Apps cannot run at once (the tests run many). Each App therefore
 // hides them and carries a --help flag of its own.
-func newApp(stdout, stderr io.Writer) *cli.App {
+func newApp(stdout, stderr io.Writer) *cli.App { return newAppWith(stdout, stderr, signals{}) }
+
+// newAppWith is newApp with the signals serve listens to besides its context.
+func newAppWith(stdout, stderr io.Writer, sig signals) *cli.App {
 	commands := []*cli.Command{
-		serveCommand(stdout),
+		serveCommand(stdout, sig),
+		checkCommand(stdout),
 		pskCommand(stdout),
 		{
 			Name:  "version",

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -29,6 +31,12 @@ const (
 	defaultDrainTimeout = 30 * time.Second
 	// defaultDTLSIdle outlasts MQTT's customary 60 s keep-alive with room for a lost PINGREQ.
 	defaultDTLSIdle = 5 * time.Minute
+	// defaultReloadInterval notices a rotated Kubernetes Secret within seconds; reading a
+	// few small files that often costs nothing.
+	defaultReloadInterval = 5 * time.Second
+	defaultExpiryWarning  = 30 * 24 * time.Hour
+	// readyInterval is how recently the broker must have been reached for /readyz.
+	readyInterval = 10 * time.Second
 )
 
 // envFor is the environment variable that sets a flag: --client-id is MQTLS_CLIENT_ID.
@@ -71,6 +79,14 @@ func serveFlags() []cli.Flag {
 		dur("dtls-idle-timeout", defaultDTLSIdle, "close a DTLS session after this long without a datagram from the device (UDP has no FIN)"),
 		&cli.IntFlag{Name: "max-connections", Usage: "most open connections per listener, handshakes included; 0 for no cap", EnvVars: envFor("max-connections")},
 		&cli.IntFlag{Name: "max-handshakes", Usage: "most handshakes in progress per listener; 0 for no cap", EnvVars: envFor("max-handshakes")},
+		&cli.Float64Flag{Name: "per-ip-rate", Usage: "new connections per second allowed from one source address (token bucket); 0 for no limit", EnvVars: envFor("per-ip-rate")},
+		&cli.IntFlag{Name: "per-ip-burst", Value: 20, Usage: "burst of new connections allowed from one source address above --per-ip-rate", EnvVars: envFor("per-ip-burst")},
+		&cli.IntFlag{Name: "max-connections-per-identity", Usage: "most sessions one identity may hold; one more gets CONNACK server busy; 0 for no cap", EnvVars: envFor("max-connections-per-identity")},
+		str("admin-listen", "", "TCP `address` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9090"),
+		&cli.BoolFlag{Name: "admin-pprof", Usage: "also serve /debug/pprof on --admin-listen", EnvVars: envFor("admin-pprof")},
+		dur("reload-interval", defaultReloadInterval, "how often certificate, CA, CRL and PSK files are checked for changes (0: only on SIGHUP)"),
+		&cli.BoolFlag{Name: "revoke-terminates", Usage: "on reload, close sessions whose PSK identity was removed or whose certificate a CRL now revokes", EnvVars: envFor("revoke-terminates")},
+		dur("expiry-warning", defaultExpiryWarning, "warn (daily) when a certificate, CA or CRL expires within this long"),
 		dur("handshake-timeout", proxy.DefaultHandshakeTimeout, "time allowed for the TLS handshake"),
 		dur("connect-timeout", proxy.DefaultConnectTimeout, "time allowed for the CONNECT packet after the handshake"),
 		dur("dial-timeout", proxy.DefaultDialTimeout, "time allowed to connect to the upstream broker"),
@@ -81,7 +97,7 @@ func serveFlags() []cli.Flag {
 	}
 }
 
-func serveCommand(stdout io.Writer) *cli.Command {
+func serveCommand(stdout io.Writer, sig signals) *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "accept TLS sessions and proxy them to the broker",
@@ -93,9 +109,18 @@ func serveCommand(stdout io.Writer) *cli.Command {
 			if err != nil {
 				return err
 			}
-			return serve(c.Context, cfg, stdout)
+			return serve(c.Context, cfg, stdout, sig)
 		},
 	}
+}
+
+// adminConfig is the operations side of serve.
+type adminConfig struct {
+	listen           string
+	pprof            bool
+	reloadInterval   time.Duration
+	revokeTerminates bool
+	expiryWarning    time.Duration
 }
 
 // serveConfig is everything serve needs, validated.
@@ -106,6 +131,7 @@ type serveConfig struct {
 	pskFormat    handshake.PSKFormat
 	pskHint      string
 	dtlsListen   string
+	admin        adminConfig
 	policy       policy.Config
 	proxy        proxy.Config // Handshaker, Policy and Logger are set by serve
 	drainTimeout time.Duration
@@ -249,6 +275,39 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		IdleTimeout:      c.Duration("dtls-idle-timeout"), // used on the DTLS listener only
 		MaxDatagram:      c.Int("dtls-max-datagram"),
 	}
+	cfg.proxy.PerIPRate = c.Float64("per-ip-rate")
+	cfg.proxy.PerIPBurst = c.Int("per-ip-burst")
+	cfg.proxy.MaxPerIdentity = c.Int("max-connections-per-identity")
+	if cfg.proxy.PerIPRate < 0 {
+		bad("--per-ip-rate %v: must not be negative (0 means no limit)", cfg.proxy.PerIPRate)
+	}
+	if c.Int("per-ip-burst") < 1 {
+		bad("--per-ip-burst %d: must be at least 1", c.Int("per-ip-burst"))
+	}
+	if cfg.proxy.MaxPerIdentity < 0 {
+		bad("--max-connections-per-identity %d: must not be negative (0 means no cap)", cfg.proxy.MaxPerIdentity)
+	}
+	cfg.admin = adminConfig{
+		listen:           c.String("admin-listen"),
+		pprof:            c.Bool("admin-pprof"),
+		reloadInterval:   c.Duration("reload-interval"),
+		revokeTerminates: c.Bool("revoke-terminates"),
+		expiryWarning:    c.Duration("expiry-warning"),
+	}
+	if cfg.admin.listen != "" {
+		if _, _, err := net.SplitHostPort(cfg.admin.listen); err != nil {
+			bad("--admin-listen %q: want host:port or :port: %v", cfg.admin.listen, err)
+		}
+	}
+	if cfg.admin.pprof && cfg.admin.listen == "" {
+		bad("--admin-pprof needs --admin-listen: the address to serve it on")
+	}
+	if cfg.admin.reloadInterval < 0 {
+		bad("--reload-interval %v: must not be negative (0 means only on SIGHUP)", cfg.admin.reloadInterval)
+	}
+	if cfg.admin.expiryWarning < 0 {
+		bad("--expiry-warning %v: must not be negative", cfg.admin.expiryWarning)
+	}
 	cfg.dtlsListen = c.String("dtls-listen")
 	if cfg.dtlsListen != "" {
 		if _, _, err := net.SplitHostPort(cfg.dtlsListen); err != nil {
@@ -332,8 +391,10 @@ func identitySourceProblems(c *cli.Context, cfg serveConfig, tmpl policy.Templat
 
 func trimPolicy(err error) string { return strings.TrimPrefix(err.Error(), "policy: ") }
 
-// serve runs the listeners until ctx is cancelled, then drains them.
-func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
+// serve runs the listeners until ctx is cancelled, then drains them: /readyz turns false
+// at once, the listeners stop accepting, and sessions get the drain timeout to end (or
+// less, if sig.hardStop fires: a second SIGTERM).
+func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) error {
 	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
 
 	hs, err := newHandshaker(cfg)
@@ -344,6 +405,17 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	m := newMetrics()
+	ready := &readiness{interval: readyInterval}
+	hooks := m.hooks()
+	dialed := hooks.UpstreamDial
+	hooks.UpstreamDial = func(l string, err error) {
+		dialed(l, err)
+		if err == nil {
+			ready.upstreamOK.Store(time.Now().UnixNano())
+		}
+	}
+
 	type listener struct {
 		srv *proxy.Server
 		ln  net.Listener
@@ -356,7 +428,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	}()
 
 	pc := cfg.proxy
-	pc.Handshaker, pc.Policy, pc.Logger = hs.Handshaker, pol, log
+	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = hs.Handshaker, pol, log, hooks
 	pc.IdleTimeout = 0 // TCP sessions end with FIN; the broker's keep-alive judges idleness
 	srv, err := proxy.New(pc)
 	if err != nil {
@@ -375,7 +447,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 		}
 		dc := cfg.proxy
 		dc.Name, dc.Datagram = "dtls", true
-		dc.Handshaker, dc.Policy, dc.Logger = dtlsSrv, pol, log
+		dc.Handshaker, dc.Policy, dc.Logger, dc.Hooks = dtlsSrv, pol, log, hooks
 		dsrv, err := proxy.New(dc)
 		if err != nil {
 			dln.Close()
@@ -383,6 +455,35 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 		}
 		listeners = append(listeners, listener{dsrv, dln})
 	}
+
+	var admin *http.Server
+	var adminLn net.Listener
+	if cfg.admin.listen != "" {
+		if adminLn, err = net.Listen("tcp", cfg.admin.listen); err != nil {
+			return fmt.Errorf("%w: %w", errAdminListen, err)
+		}
+		admin = adminServer(m, ready, cfg.admin.pprof)
+	}
+
+	bg, stopBG := context.WithCancel(context.Background())
+	var bgDone sync.WaitGroup
+	defer func() {
+		stopBG()
+		bgDone.Wait()
+	}()
+	rl := &reloader{log: log, m: m, tls: hs.tls, revokeTerminates: cfg.admin.revokeTerminates}
+	if hs.psk != nil {
+		rl.psk = hs.psk.Store()
+	}
+	for _, l := range listeners {
+		rl.servers = append(rl.servers, l.srv)
+	}
+	rl.snapshot()
+	bgDone.Add(1)
+	go func() {
+		defer bgDone.Done()
+		rl.run(bg, cfg.admin.reloadInterval, sig.hup, cfg.admin.expiryWarning)
+	}()
 
 	ev := log.Info().Str("version", version).Str("upstream", pc.Upstream).
 		Str("client_id", cfg.policy.ClientID.String()).Str("identity", pol.Template().String())
@@ -394,10 +495,25 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 	}
 	ev.Msg("starting")
 
-	serveErr := make(chan error, len(listeners))
+	serveErr := make(chan error, len(listeners)+1)
 	for _, l := range listeners {
 		go func() { serveErr <- l.srv.Serve(l.ln) }()
 	}
+	ready.bound.Store(true)
+	if admin != nil {
+		log.Info().Str("addr", adminLn.Addr().String()).Msg("admin listening")
+		go func() {
+			if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("%w: %w", errAdminListen, err)
+			}
+		}()
+		bgDone.Add(1)
+		go func() {
+			defer bgDone.Done()
+			ready.probeUpstream(bg, pc.Upstream, orDefault(pc.DialTimeout, proxy.DefaultDialTimeout))
+		}()
+	}
+
 	var failed error
 	select {
 	case err := <-serveErr:
@@ -405,23 +521,39 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer) error {
 		failed = fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
+	ready.draining.Store(true)
 	log.Info().Dur("drain_timeout", cfg.drainTimeout).Msg("shutting down: draining connections")
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-sig.hardStop:
+			log.Info().Msg("second signal: closing all connections now")
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
 	done := make(chan error, len(listeners))
 	for _, l := range listeners {
 		go func() { done <- l.srv.Shutdown(dctx) }()
 	}
 	for range listeners {
 		if err := <-done; err != nil {
-			log.Info().Msg("drain timeout reached: remaining connections closed")
+			log.Info().Msg("drain ended: remaining connections closed")
 		}
 	}
-	for range len(listeners) - btoi(failed != nil) {
-		<-serveErr
+	if admin != nil {
+		admin.Close()
 	}
 	log.Info().Msg("stopped")
 	return failed
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
 }
 
 func btoi(b bool) int {

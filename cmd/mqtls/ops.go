@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/proxy"
+)
+
+// readiness is what /readyz reports: listeners bound, not draining, and the broker reached
+// recently (by a session's dial or by the probe).
+type readiness struct {
+	bound      atomic.Bool
+	draining   atomic.Bool
+	upstreamOK atomic.Int64 // Unix nanoseconds of the last successful dial
+	interval   time.Duration
+}
+
+func (r *readiness) ready(now time.Time) (bool, string) {
+	switch {
+	case !r.bound.Load():
+		return false, "listeners not bound"
+	case r.draining.Load():
+		return false, "draining"
+	case now.Sub(time.Unix(0, r.upstreamOK.Load())) > 2*r.interval:
+		return false, "upstream not reached in the last " + (2 * r.interval).String()
+	}
+	return true, "ready"
+}
+
+// probeUpstream dials the broker every interval unless a session did so since, so /readyz
+// knows the broker is reachable even when no device connects.
+func (r *readiness) probeUpstream(ctx context.Context, upstream string, dialTimeout time.Duration) {
+	network, addr := "tcp", upstream
+	if p, ok := strings.CutPrefix(upstream, "unix:"); ok {
+		network, addr = "unix", p
+	}
+	t := time.NewTicker(r.interval / 2)
+	defer t.Stop()
+	for {
+		if time.Since(time.Unix(0, r.upstreamOK.Load())) >= r.interval/2 {
+			d := net.Dialer{Timeout: dialTimeout}
+			if c, err := d.DialContext(ctx, network, addr); err == nil {
+				c.Close()
+				r.upstreamOK.Store(time.Now().UnixNano())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// adminServer serves /metrics, /healthz, /readyz and, when asked, /debug/pprof.
+func adminServer(m *metrics, r *readiness, pprofOn bool) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		ok, why := r.ready(time.Now())
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, why)
+	})
+	if pprofOn {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+}
+
+// reloader re-reads certificate, CA, CRL and PSK files when they change (polled, which
+// also sees a Kubernetes Secret volume's ..data symlink swap) or on SIGHUP. A reload that
+// fails keeps the old material.
+type reloader struct {
+	log     zerolog.Logger
+	m       *metrics
+	tls     *handshake.TLSServer
+	psk     *handshake.PSKStore
+	servers []*proxy.Server
+	// revokeTerminates closes sessions whose PSK was removed or certificate revoked.
+	revokeTerminates bool
+
+	mu    sync.Mutex
+	sums  map[string][32]byte // file → content hash at the last look
+	files []handshake.FileInfo
+}
+
+func (r *reloader) tlsFiles() []string {
+	if r.tls == nil {
+		return nil
+	}
+	c := r.tls.Config()
+	files := []string{c.CertFile, c.KeyFile}
+	if c.ClientCAFile != "" {
+		files = append(files, c.ClientCAFile)
+	}
+	return append(files, c.CRLFiles...)
+}
+
+// snapshot records the files' hashes without reloading, at start.
+func (r *reloader) snapshot() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sums = map[string][32]byte{}
+	for _, f := range r.tlsFiles() {
+		r.sums[f] = hashFile(f)
+	}
+	if r.psk != nil {
+		r.sums[r.psk.File()] = hashFile(r.psk.File())
+	}
+	r.publish()
+}
+
+func hashFile(name string) [32]byte {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return [32]byte{} // unreadable now: a change once it is readable again
+	}
+	return sha256.Sum256(data)
+}
+
+// check reloads what changed since the last look; force reloads everything (SIGHUP).
+func (r *reloader) check(force bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	changed := func(files ...string) []string {
+		var out []string
+		for _, f := range files {
+			sum := hashFile(f)
+			if force || sum != r.sums[f] {
+				out = append(out, f)
+			}
+			r.sums[f] = sum
+		}
+		return out
+	}
+	reloaded := false
+	if files := changed(r.tlsFiles()...); len(files) > 0 {
+		reloaded = r.reload(files, r.tls.Reload) || reloaded
+	}
+	if r.psk != nil {
+		if files := changed(r.psk.File()); len(files) > 0 {
+			reloaded = r.reload(files, r.psk.Reload) || reloaded
+		}
+	}
+	if reloaded {
+		r.publish()
+		if r.revokeTerminates {
+			r.terminateRevoked()
+		}
+	}
+}
+
+func (r *reloader) reload(files []string, load func() error) bool {
+	err := load()
+	result := "ok"
+	if err != nil {
+		result = "error"
+		// The message names the file (and line, for a PSK file); the old material stays.
+		r.log.Error().Err(err).Strs("files", files).Msg("reload failed: keeping the previous certificates and keys")
+	} else {
+		r.log.Info().Strs("files", files).Msg("reloaded")
+	}
+	for _, f := range files {
+		r.m.reloads.WithLabelValues(f, result).Inc()
+	}
+	return err == nil
+}
+
+// publish updates the metrics that describe the loaded material. r.mu is held.
+func (r *reloader) publish() {
+	if r.tls != nil {
+		r.files = r.tls.Files()
+		r.m.setFiles(r.files)
+	}
+	if r.psk != nil {
+		r.m.pskLoaded.Set(float64(r.psk.Len()))
+	}
+}
+
+func (r *reloader) terminateRevoked() {
+	match := func(id handshake.Identity) bool {
+		switch id.Kind {
+		case handshake.KindPSK:
+			return r.psk != nil && !r.psk.Has(id.PSKIdentity)
+		case handshake.KindCertificate:
+			return r.tls != nil && r.tls.Revoked(id)
+		}
+		return false
+	}
+	n := 0
+	for _, s := range r.servers {
+		n += s.CloseMatching(match)
+	}
+	if n > 0 {
+		r.log.Info().Int("sessions", n).Msg("closed sessions whose PSK was removed or certificate revoked")
+	}
+}
+
+// warnExpiry logs every certificate or CRL that expires within window, and any already
+// expired. The caller repeats it daily.
+func (r *reloader) warnExpiry(now time.Time, window time.Duration) {
+	r.mu.Lock()
+	files := r.files
+	r.mu.Unlock()
+	for _, f := range files {
+		if f.NotAfter.IsZero() || f.NotAfter.Sub(now) > window {
+			continue
+		}
+		ev := r.log.Warn()
+		msg := "certificate expires soon"
+		if f.Role == "crl" {
+			msg = "CRL next update due soon: publish a new CRL"
+		}
+		if !now.Before(f.NotAfter) {
+			ev, msg = r.log.Error(), "certificate expired"
+			if f.Role == "crl" {
+				msg = "CRL is past its next update: publish a new CRL"
+			}
+		}
+		ev.Str("file", f.File).Str("role", f.Role).Str("subject", f.Subject).
+			Time("not_after", f.NotAfter).Dur("remaining", f.NotAfter.Sub(now).Round(time.Second)).Msg(msg)
+	}
+}
+
+// run polls for changes every interval (0: only on SIGHUP), reloads on hup, and warns
+// about expiry at start and daily, until ctx ends.
+func (r *reloader) run(ctx context.Context, interval time.Duration, hup <-chan struct{}, expiryWindow time.Duration) {
+	var poll <-chan time.Time
+	if interval > 0 {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		poll = t.C
+	}
+	daily := time.NewTicker(24 * time.Hour)
+	defer daily.Stop()
+	r.warnExpiry(time.Now(), expiryWindow)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-poll:
+			r.check(false)
+		case <-hup:
+			r.log.Info().Msg("SIGHUP: reloading")
+			r.check(true)
+		case <-daily.C:
+			r.warnExpiry(time.Now(), expiryWindow)
+		}
+	}
+}
+
+// errAdminListen wraps a failure to bind the admin address.
+var errAdminListen = errors.New("--admin-listen")
