@@ -106,6 +106,8 @@ type reloader struct {
 	mu    sync.Mutex
 	sums  map[string][32]byte // file → content hash at the last look
 	files []handshake.FileInfo
+	// retryTLS and retryPSK are the files of a failed reload, tried once more.
+	retryTLS, retryPSK []string
 }
 
 func (r *reloader) tlsFiles() []string {
@@ -158,13 +160,28 @@ func (r *reloader) check(force bool) {
 		return out
 	}
 	reloaded := false
-	if files := changed(r.tlsFiles()...); len(files) > 0 {
-		reloaded = r.reload(files, r.tls.Reload) || reloaded
+	// A failed reload is tried once more at the next look even if nothing changed: the
+	// files may have been read in the middle of a swap (a new certificate with the old key).
+	attempt := func(files []string, retry *[]string, load func() error) {
+		isRetry := len(files) == 0
+		if isRetry {
+			files = *retry
+		}
+		*retry = nil
+		if len(files) == 0 {
+			return
+		}
+		ok := r.reload(files, load)
+		if !ok && !isRetry && !force {
+			*retry = files
+		}
+		reloaded = ok || reloaded
+	}
+	if r.tls != nil {
+		attempt(changed(r.tlsFiles()...), &r.retryTLS, r.tls.Reload)
 	}
 	if r.psk != nil {
-		if files := changed(r.psk.File()); len(files) > 0 {
-			reloaded = r.reload(files, r.psk.Reload) || reloaded
-		}
+		attempt(changed(r.psk.File()), &r.retryPSK, r.psk.Reload)
 	}
 	if reloaded {
 		r.publish()
