@@ -22,6 +22,7 @@ import (
 // conn is one accepted connection, from accept to its audit line.
 type conn struct {
 	srv    *Server
+	cfg    *Config  // the listener's configuration when this connection was accepted
 	device net.Conn // as accepted; closing it ends everything built on it
 	id     uint64
 	start  time.Time
@@ -109,8 +110,8 @@ func (c *conn) serve() {
 		return
 	}
 	defer secure.Close()
-	if s.cfg.Datagram {
-		c.dgram = datagram.New(secure, datagram.Options{MaxDatagram: s.cfg.MaxDatagram, OnDrop: c.dropped})
+	if c.cfg.Datagram {
+		c.dgram = datagram.New(secure, datagram.Options{MaxDatagram: c.cfg.MaxDatagram, OnDrop: c.dropped})
 		secure = c.dgram
 	}
 	pkt, ok := c.readConnect(secure)
@@ -141,7 +142,7 @@ func (c *conn) serve() {
 // both the socket and the context (some handshakers, pion's DTLS, follow only the latter).
 func (c *conn) handshake() (net.Conn, bool) {
 	s := c.srv
-	if max := int64(s.cfg.MaxHandshakes); max > 0 {
+	if max := int64(c.cfg.MaxHandshakes); max > 0 {
 		if s.handshakes.Add(1) > max {
 			s.handshakes.Add(-1)
 			c.outcome, c.reason = OutcomeRefused, ReasonMaxHandshakes
@@ -150,27 +151,27 @@ func (c *conn) handshake() (net.Conn, bool) {
 		}
 		defer s.handshakes.Add(-1)
 	}
-	deadline := c.start.Add(orDuration(s.cfg.HandshakeTimeout, DefaultHandshakeTimeout))
+	deadline := c.start.Add(orDuration(c.cfg.HandshakeTimeout, DefaultHandshakeTimeout))
 	_ = c.device.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
-	secure, id, err := s.cfg.Handshaker.Handshake(ctx, c.device)
+	secure, id, err := c.cfg.Handshaker.Handshake(ctx, c.device)
 	took := time.Since(c.start)
 	if err != nil {
 		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, handshake.Reason(err), err
-		if h := s.cfg.Hooks.Handshake; h != nil {
-			h(s.cfg.name(), "", c.reason, took)
+		if h := c.cfg.Hooks.Handshake; h != nil {
+			h(c.cfg.name(), "", c.reason, took)
 		}
 		return nil, false
 	}
-	if h := s.cfg.Hooks.Handshake; h != nil {
-		h(s.cfg.name(), sessionKind(id.DTLS, id.Kind.String()), "", took)
+	if h := c.cfg.Hooks.Handshake; h != nil {
+		h(c.cfg.name(), sessionKind(id.DTLS, id.Kind.String()), "", took)
 	}
 	c.mu.Lock()
 	c.proven, c.secured = id, true
 	c.mu.Unlock()
 	c.ident = id
-	c.identity = s.cfg.Policy.Template().Render(id)
+	c.identity = c.cfg.Policy.Template().Render(id)
 	c.log = c.log.With().Str(fieldIdentity, c.identity).Logger()
 	return secure, true
 }
@@ -180,8 +181,7 @@ func (c *conn) handshake() (net.Conn, bool) {
 // checked before the body is allocated, then exactly the body. Reading no further than the
 // packet means nothing the device pipelined after it is lost: the pipe forwards it.
 func (c *conn) readConnect(secure net.Conn) ([]byte, bool) {
-	s := c.srv
-	_ = c.device.SetDeadline(time.Now().Add(orDuration(s.cfg.ConnectTimeout, DefaultConnectTimeout)))
+	_ = c.device.SetDeadline(time.Now().Add(orDuration(c.cfg.ConnectTimeout, DefaultConnectTimeout)))
 	var hdr [5]byte
 	n := 0
 	var remaining, hl int
@@ -202,7 +202,7 @@ func (c *conn) readConnect(secure net.Conn) ([]byte, bool) {
 			return nil, c.badFirstPacket(ReasonMalformedPacket, err)
 		}
 	}
-	if err := policy.CheckSize(hl, remaining, s.cfg.maxConnectSize()); err != nil {
+	if err := policy.CheckSize(hl, remaining, c.cfg.maxConnectSize()); err != nil {
 		return nil, c.badFirstPacket(ReasonPacketTooLarge, err)
 	}
 	pkt := make([]byte, hl+remaining)
@@ -240,7 +240,7 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 	}
 	var d policy.Decision
 	if err == nil {
-		d, err = c.srv.cfg.Policy.Bind(c.ident, &cp)
+		d, err = c.cfg.Policy.Bind(c.ident, &cp)
 		errors.As(err, &rej)
 	}
 	if rej != nil {
@@ -248,7 +248,7 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 		c.refuse(secure, &cp, rej.Code, rej.Reason)
 		return nil, false
 	}
-	if max := c.srv.cfg.MaxPerIdentity; max > 0 && d.Identity != "" {
+	if max := c.cfg.MaxPerIdentity; max > 0 && d.Identity != "" {
 		if !c.srv.identities.acquire(d.Identity, max) {
 			c.outcome, c.reason = OutcomeRejected, ReasonMaxPerIdentity
 			c.err = fmt.Errorf("identity %q already holds %d sessions", d.Identity, max)
@@ -263,9 +263,9 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 
 // dial connects to the broker; when it cannot, the device hears "server unavailable".
 func (c *conn) dial(secure net.Conn) (net.Conn, bool) {
-	up, err := c.srv.dialUpstream(c.srv.ctx)
-	if h := c.srv.cfg.Hooks.UpstreamDial; h != nil {
-		h(c.srv.cfg.name(), err)
+	up, err := dialUpstream(c.srv.ctx, c.cfg)
+	if h := c.cfg.Hooks.UpstreamDial; h != nil {
+		h(c.cfg.name(), err)
 	}
 	if err == nil && !c.setUpstream(up) {
 		up.Close()
@@ -348,7 +348,7 @@ func (c *conn) audit() {
 }
 
 func (c *conn) summarize() {
-	h := c.srv.cfg.Hooks.Closed
+	h := c.cfg.Hooks.Closed
 	if h == nil {
 		return
 	}
@@ -357,7 +357,7 @@ func (c *conn) summarize() {
 		kind = sessionKind(c.ident.DTLS, c.ident.Kind.String())
 	}
 	h(Summary{
-		Listener: c.srv.cfg.name(),
+		Listener: c.cfg.name(),
 		Outcome:  c.outcome,
 		Reason:   c.reason,
 		Kind:     kind,

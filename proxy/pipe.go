@@ -69,7 +69,7 @@ func (c *conn) halfClose(dst, src net.Conn, r copyResult, other net.Conn) {
 	if r.err == nil {
 		if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
 			c.closing.Store(true)
-			_ = other.SetReadDeadline(time.Now().Add(orDuration(c.srv.cfg.CloseTimeout, DefaultCloseTimeout)))
+			_ = other.SetReadDeadline(time.Now().Add(orDuration(c.cfg.CloseTimeout, DefaultCloseTimeout)))
 			return
 		}
 	}
@@ -87,7 +87,7 @@ type copyResult struct {
 // idleArm returns what copyToUpstream calls before each wait for the device: it pushes the
 // idle deadline on, unless a close deadline has been armed since.
 func (c *conn) idleArm() func() {
-	d := c.srv.cfg.IdleTimeout
+	d := c.cfg.IdleTimeout
 	if d <= 0 {
 		return nil
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -107,7 +108,7 @@ func (c *Config) Validate() error {
 
 // Server serves one listener. Create it with New; it is safe for concurrent use.
 type Server struct {
-	cfg Config
+	cfg *Config // replaced whole by Update, under mu
 	log zerolog.Logger
 
 	ctx    context.Context // cancelled by Shutdown once draining ends
@@ -132,7 +133,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:       cfg,
+		cfg:       &cfg,
 		log:       cfg.Logger.With().Str(fieldListener, cfg.name()).Logger(),
 		ctx:       ctx,
 		cancel:    cancel,
@@ -219,7 +220,7 @@ func (s *Server) newConn(c net.Conn) *conn {
 		}
 		return nil
 	}
-	cn := &conn{srv: s, device: c, id: s.nextID.Add(1), start: now}
+	cn := &conn{srv: s, cfg: s.cfg, device: c, id: s.nextID.Add(1), start: now}
 	s.conns[cn] = struct{}{}
 	s.wg.Add(1)
 	if h := s.cfg.Hooks.Opened; h != nil {
@@ -233,6 +234,28 @@ func (s *Server) forget(cn *conn) {
 	delete(s.conns, cn)
 	s.mu.Unlock()
 	s.wg.Done()
+}
+
+// Update makes new connections use cfg: a changed policy, handshaker, upstream, timeouts or
+// limits. Connections already accepted keep the configuration they started with. The
+// listener name must not change.
+func (s *Server) Update(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cfg.name() != s.cfg.name() {
+		return fmt.Errorf("proxy: listener %q cannot be renamed to %q", s.cfg.name(), cfg.name())
+	}
+	if cfg.PerIPRate != s.cfg.PerIPRate || cfg.PerIPBurst != s.cfg.PerIPBurst {
+		s.perIP = nil
+		if cfg.PerIPRate > 0 {
+			s.perIP = newIPLimiter(cfg.PerIPRate, cfg.PerIPBurst)
+		}
+	}
+	s.cfg = &cfg
+	return nil
 }
 
 // CloseMatching closes the sessions whose identity match reports true, for instance those

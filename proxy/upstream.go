@@ -21,12 +21,12 @@ func parseUpstream(s string) (network, addr string, err error) {
 	return "tcp", s, nil
 }
 
-func (s *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
-	network, addr, _ := parseUpstream(s.cfg.Upstream) // validated in New
-	d := net.Dialer{Timeout: orDuration(s.cfg.DialTimeout, DefaultDialTimeout)}
+func dialUpstream(ctx context.Context, cfg *Config) (net.Conn, error) {
+	network, addr, _ := parseUpstream(cfg.Upstream) // validated in New
+	d := net.Dialer{Timeout: orDuration(cfg.DialTimeout, DefaultDialTimeout)}
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
-		return nil, fmt.Errorf("dialing upstream %s: %w", s.cfg.Upstream, err)
+		return nil, fmt.Errorf("dialing upstream %s: %w", cfg.Upstream, err)
 	}
 	return c, nil
 }
