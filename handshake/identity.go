@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 
+	"github.com/pion/dtls/v3"
+
 	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
 
@@ -101,6 +103,11 @@ func (id Identity) VersionName() string {
 func (id Identity) CipherSuiteName() string {
 	if id.CipherSuite == 0 {
 		return ""
+	}
+	if id.DTLS {
+		// pion negotiated it, so pion names it: crypto/tls and tlspsk know neither the
+		// ECDHE-ECDSA CCM suites nor PSK AES-256-CCM-8, which DTLS offers.
+		return dtls.CipherSuiteName(dtls.CipherSuiteID(id.CipherSuite))
 	}
 	if id.Kind == KindPSK {
 		return tlspsk.CipherSuiteName(id.CipherSuite) // crypto/tls knows no PSK suite

@@ -105,6 +105,9 @@ func (c *conn) serve() {
 	c.log = s.log.With().Uint64(fieldConnID, c.id).Str(fieldRemote, c.device.RemoteAddr().String()).Logger()
 	defer c.audit()
 
+	if len(c.cfg.TrustProxyFrom) > 0 && trustsProxy(c.cfg.TrustProxyFrom, c.device.RemoteAddr()) && !c.acceptProxyHeader() {
+		return
+	}
 	secure, ok := c.handshake()
 	if !ok {
 		return
@@ -131,11 +134,51 @@ func (c *conn) serve() {
 	// idle session is the broker's business (keep-alive), not ours.
 	_ = c.device.SetDeadline(time.Time{})
 	c.outcome = OutcomeForwarded
+	if v := c.cfg.SendProxyHeader; v != "" {
+		hdr, err := proxyHeaderFor(v, c.device.RemoteAddr(), c.device.LocalAddr(), c.ident)
+		if err != nil {
+			c.endedBy, c.err = "upstream", fmt.Errorf("building PROXY header: %w", err)
+			return
+		}
+		out = append(hdr, out...)
+	}
 	if _, err := up.Write(out); err != nil {
 		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
 		return
 	}
 	c.pipe(secure, up)
+}
+
+// acceptProxyHeader reads the PROXY header a trusted load balancer put before the TLS
+// bytes, under the handshake deadline, and makes the client it names the remote address;
+// the per-address rate limit, skipped at accept for the balancer, applies to that client.
+func (c *conn) acceptProxyHeader() bool {
+	_ = c.device.SetDeadline(c.start.Add(orDuration(c.cfg.HandshakeTimeout, DefaultHandshakeTimeout)))
+	h, err := readProxyHeader(c.device)
+	if err != nil {
+		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, ReasonProxyHeader, err
+		return false
+	}
+	if h == nil || h.SourceAddr == nil {
+		return true // a health check, or a LOCAL command: the balancer speaks for itself
+	}
+	lb := c.device.RemoteAddr().String()
+	if tc, ok := c.device.(*net.TCPConn); ok {
+		c.mu.Lock() // abort closes c.device
+		c.device = &realTCPConn{TCPConn: tc, remote: h.SourceAddr}
+		c.mu.Unlock()
+	}
+	c.log = c.srv.log.With().Uint64(fieldConnID, c.id).Str(fieldRemote, h.SourceAddr.String()).
+		Str("proxied_by", lb).Logger()
+	c.srv.mu.Lock()
+	limited := c.srv.perIP != nil && !c.srv.perIP.allow(h.SourceAddr, time.Now())
+	c.srv.mu.Unlock()
+	if limited {
+		c.outcome, c.reason = OutcomeRefused, ReasonPerIPRate
+		c.err = fmt.Errorf("client %s over the per-address rate", h.SourceAddr)
+		return false
+	}
+	return true
 }
 
 // handshake secures the device's connection under the handshake deadline, which bounds
@@ -309,11 +352,12 @@ func (c *conn) audit() {
 		c.reason, c.endedBy = ReasonRevoked, "revoked"
 	}
 	c.mu.Unlock()
-	defer c.summarize()
-	ev := c.log.Info()
 	if c.outcome == "" {
 		c.outcome = OutcomeHandshakeFailed
 	}
+	// The hooks (metrics) first: whoever reads the audit line then finds it counted.
+	c.summarize()
+	ev := c.log.Info()
 	ev = ev.Str(fieldOutcome, c.outcome).
 		Str(fieldReason, c.reason).
 		Str(fieldIdentityKind, c.ident.Kind.String())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,14 @@ type Config struct {
 	// One more is refused with CONNACK "server busy" (0x89; 0x03 on 3.x).
 	MaxPerIdentity int
 
+	// TrustProxyFrom lists the sources (load balancers) whose PROXY protocol v1/v2 header is
+	// read: the client it names is then the remote address for logs, limits and the header
+	// sent upstream. From anyone else a header is not read, so it fails the handshake.
+	TrustProxyFrom []netip.Prefix
+	// SendProxyHeader is "v1" or "v2" to send a PROXY header to the upstream before the
+	// CONNECT ("" for none); v2 carries the TLS version, cipher and client CN as TLVs.
+	SendProxyHeader string
+
 	Hooks  Hooks
 	Logger zerolog.Logger
 }
@@ -102,8 +111,15 @@ func (c *Config) Validate() error {
 	case c.Policy == nil:
 		return errors.New("proxy: no policy configured")
 	}
-	_, _, err := parseUpstream(c.Upstream)
-	return err
+	if _, _, err := parseUpstream(c.Upstream); err != nil {
+		return err
+	}
+	switch c.SendProxyHeader {
+	case "", "v1", "v2":
+	default:
+		return fmt.Errorf("proxy: SendProxyHeader %q: want v1, v2 or empty", c.SendProxyHeader)
+	}
+	return nil
 }
 
 // Server serves one listener. Create it with New; it is safe for concurrent use.
@@ -210,14 +226,14 @@ func (s *Server) newConn(c net.Conn) *conn {
 	switch {
 	case s.cfg.MaxConnections > 0 && len(s.conns) >= s.cfg.MaxConnections:
 		reason = ReasonMaxConnections
-	case s.perIP != nil && !s.perIP.allow(c.RemoteAddr(), now):
+	case s.perIP != nil && !trustsProxy(s.cfg.TrustProxyFrom, c.RemoteAddr()) && !s.perIP.allow(c.RemoteAddr(), now):
 		reason = ReasonPerIPRate
 	}
 	if reason != "" {
-		s.log.Debug().Str(fieldRemote, c.RemoteAddr().String()).Str(fieldReason, reason).Msg("connection refused at accept")
-		if h := s.cfg.Hooks.Refused; h != nil {
+		if h := s.cfg.Hooks.Refused; h != nil { // before the log line, as for the audit line
 			h(s.cfg.name(), reason)
 		}
+		s.log.Debug().Str(fieldRemote, c.RemoteAddr().String()).Str(fieldReason, reason).Msg("connection refused at accept")
 		return nil
 	}
 	cn := &conn{srv: s, cfg: s.cfg, device: c, id: s.nextID.Add(1), start: now}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/policy"
 )
 
@@ -30,48 +31,63 @@ func checkCommand(stdout io.Writer) *cli.Command {
 }
 
 func check(w io.Writer, cfg serveConfig, now time.Time) error {
-	hs, err := newHandshaker(cfg)
-	if err != nil {
-		return err
-	}
-	if _, err := policy.New(cfg.policy); err != nil {
-		return err
-	}
 	var problems []error
-	if hs.tls != nil {
-		for _, f := range hs.tls.Files() {
-			state := "valid until"
-			switch {
-			case f.Role == "crl" && f.NotAfter.IsZero():
-				state = "no next update"
-			case f.Role == "crl" && !now.Before(f.NotAfter):
-				state = "STALE since"
-				problems = append(problems, fmt.Errorf("CRL %s (issuer %s) is past its next update %s: publish a new one",
-					f.File, f.Subject, f.NotAfter.Format(time.RFC3339)))
-			case f.Role == "crl":
-				state = "next update"
-			case !now.Before(f.NotAfter):
-				state = "EXPIRED"
-				problems = append(problems, fmt.Errorf("%s certificate %q in %s expired %s",
-					roleName(f.Role), f.Subject, f.File, f.NotAfter.Format(time.RFC3339)))
-			case cfg.admin.expiryWarning > 0 && f.NotAfter.Sub(now) < cfg.admin.expiryWarning:
-				state = "EXPIRES SOON:"
-			}
-			when := ""
-			if !f.NotAfter.IsZero() {
-				when = f.NotAfter.UTC().Format(time.RFC3339)
-			}
-			fmt.Fprintf(w, "%-9s %s  %s  %s %s\n", f.Role, f.File, f.Subject, state, when)
+	mats := map[string]*material{}
+	seen := map[any]bool{}
+	for _, sp := range cfg.listeners {
+		mat, err := loadMaterial(sp, mats[sp.shareWith])
+		if err != nil {
+			return err
 		}
-	}
-	if hs.psk != nil {
-		fmt.Fprintf(w, "%-9s %s  %d identities\n", "psk", hs.psk.Store().File(), hs.psk.Store().Len())
+		mats[sp.name] = mat
+		if _, err := policy.New(sp.policy); err != nil {
+			return fmt.Errorf("listener %s: %w", sp.name, err)
+		}
+		fmt.Fprintf(w, "listener %s: %s %s -> %s\n", sp.name, sp.transport, sp.listen, sp.proxy.Upstream)
+		if mat.tls != nil && !seen[mat.tls] {
+			seen[mat.tls] = true
+			for _, f := range mat.tls.Files() {
+				problems = append(problems, describeFile(w, f, now, cfg.admin.expiryWarning)...)
+			}
+		}
+		if mat.psk != nil && !seen[mat.psk.Store()] {
+			seen[mat.psk.Store()] = true
+			fmt.Fprintf(w, "  %-9s %s  %d identities\n", "psk", mat.psk.Store().File(), mat.psk.Store().Len())
+		}
 	}
 	if len(problems) > 0 {
 		return errors.Join(problems...)
 	}
 	fmt.Fprintln(w, "ok")
 	return nil
+}
+
+// describeFile prints one certificate or CRL and returns what is wrong with it.
+func describeFile(w io.Writer, f handshake.FileInfo, now time.Time, warn time.Duration) []error {
+	var problems []error
+	state := "valid until"
+	switch {
+	case f.Role == "crl" && f.NotAfter.IsZero():
+		state = "no next update"
+	case f.Role == "crl" && !now.Before(f.NotAfter):
+		state = "STALE since"
+		problems = append(problems, fmt.Errorf("CRL %s (issuer %s) is past its next update %s: publish a new one",
+			f.File, f.Subject, f.NotAfter.Format(time.RFC3339)))
+	case f.Role == "crl":
+		state = "next update"
+	case !now.Before(f.NotAfter):
+		state = "EXPIRED"
+		problems = append(problems, fmt.Errorf("%s certificate %q in %s expired %s",
+			roleName(f.Role), f.Subject, f.File, f.NotAfter.Format(time.RFC3339)))
+	case warn > 0 && f.NotAfter.Sub(now) < warn:
+		state = "EXPIRES SOON:"
+	}
+	when := ""
+	if !f.NotAfter.IsZero() {
+		when = f.NotAfter.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(w, "  %-9s %s  %s  %s %s\n", f.Role, f.File, f.Subject, state, when)
+	return problems
 }
 
 func roleName(role string) string {

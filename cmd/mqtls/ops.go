@@ -18,7 +18,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
-	"github.com/mqtls/mqtls/proxy"
 )
 
 // readiness is what /readyz reports: listeners bound, not draining, and the broker reached
@@ -95,43 +94,59 @@ func adminServer(m *metrics, r *readiness, pprofOn bool) *http.Server {
 // also sees a Kubernetes Secret volume's ..data symlink swap) or on SIGHUP. A reload that
 // fails keeps the old material.
 type reloader struct {
-	log     zerolog.Logger
-	m       *metrics
-	tls     *handshake.TLSServer
-	psk     *handshake.PSKStore
-	servers []*proxy.Server
+	log zerolog.Logger
+	m   *metrics
+	sup *supervisor
 	// revokeTerminates closes sessions whose PSK was removed or certificate revoked.
 	revokeTerminates bool
 
 	mu    sync.Mutex
 	sums  map[string][32]byte // file → content hash at the last look
 	files []handshake.FileInfo
-	// retryTLS and retryPSK are the files of a failed reload, tried once more.
-	retryTLS, retryPSK []string
+	// retry holds, per material, the files of a failed reload, tried once more.
+	retry map[any][]string
 }
 
-func (r *reloader) tlsFiles() []string {
-	if r.tls == nil {
-		return nil
-	}
-	c := r.tls.Config()
-	files := []string{c.CertFile, c.KeyFile}
-	if c.ClientCAFile != "" {
-		files = append(files, c.ClientCAFile)
-	}
-	return append(files, c.CRLFiles...)
+// component is one reloadable thing: a TLS server's files or a PSK store's file.
+type component struct {
+	key    any // the *handshake.TLSServer or *handshake.PSKStore
+	files  []string
+	reload func() error
 }
 
-// snapshot records the files' hashes without reloading, at start.
+// components lists what the running listeners loaded, each once.
+func (r *reloader) components() []component {
+	seen := map[any]bool{}
+	var out []component
+	for _, l := range r.sup.all() {
+		if t := l.mat.tls; t != nil && !seen[t] {
+			seen[t] = true
+			c := t.Config()
+			files := []string{c.CertFile, c.KeyFile}
+			if c.ClientCAFile != "" {
+				files = append(files, c.ClientCAFile)
+			}
+			out = append(out, component{key: t, files: append(files, c.CRLFiles...), reload: t.Reload})
+		}
+		if p := l.mat.psk; p != nil && !seen[p.Store()] {
+			seen[p.Store()] = true
+			out = append(out, component{key: p.Store(), files: []string{p.Store().File()}, reload: p.Store().Reload})
+		}
+	}
+	return out
+}
+
+// snapshot records the files' hashes without reloading: at start and after the set of
+// listeners changed.
 func (r *reloader) snapshot() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.sums = map[string][32]byte{}
-	for _, f := range r.tlsFiles() {
-		r.sums[f] = hashFile(f)
-	}
-	if r.psk != nil {
-		r.sums[r.psk.File()] = hashFile(r.psk.File())
+	r.retry = map[any][]string{}
+	for _, c := range r.components() {
+		for _, f := range c.files {
+			r.sums[f] = hashFile(f)
+		}
 	}
 	r.publish()
 }
@@ -144,45 +159,42 @@ func hashFile(name string) [32]byte {
 	return sha256.Sum256(data)
 }
 
-// check reloads what changed since the last look; force reloads everything (SIGHUP).
+// check reloads what changed since the last look; force reloads everything (SIGHUP). A
+// failed reload is tried once more at the next look even if nothing changed: the files may
+// have been read in the middle of a swap (a new certificate with the old key).
 func (r *reloader) check(force bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	changed := func(files ...string) []string {
-		var out []string
-		for _, f := range files {
-			sum := hashFile(f)
-			if force || sum != r.sums[f] {
-				out = append(out, f)
-			}
-			r.sums[f] = sum
+	comps := r.components()
+	now := map[string][32]byte{}
+	for _, c := range comps {
+		for _, f := range c.files {
+			now[f] = hashFile(f)
 		}
-		return out
 	}
 	reloaded := false
-	// A failed reload is tried once more at the next look even if nothing changed: the
-	// files may have been read in the middle of a swap (a new certificate with the old key).
-	attempt := func(files []string, retry *[]string, load func() error) {
-		isRetry := len(files) == 0
+	for _, c := range comps {
+		var changed []string
+		for _, f := range c.files {
+			if force || now[f] != r.sums[f] {
+				changed = append(changed, f)
+			}
+		}
+		isRetry := len(changed) == 0
 		if isRetry {
-			files = *retry
+			changed = r.retry[c.key]
 		}
-		*retry = nil
-		if len(files) == 0 {
-			return
+		delete(r.retry, c.key)
+		if len(changed) == 0 {
+			continue
 		}
-		ok := r.reload(files, load)
+		ok := r.reload(changed, c.reload)
 		if !ok && !isRetry && !force {
-			*retry = files
+			r.retry[c.key] = changed
 		}
-		reloaded = ok || reloaded
+		reloaded = reloaded || ok
 	}
-	if r.tls != nil {
-		attempt(changed(r.tlsFiles()...), &r.retryTLS, r.tls.Reload)
-	}
-	if r.psk != nil {
-		attempt(changed(r.psk.File()), &r.retryPSK, r.psk.Reload)
-	}
+	r.sums = now
 	if reloaded {
 		r.publish()
 		if r.revokeTerminates {
@@ -209,28 +221,36 @@ func (r *reloader) reload(files []string, load func() error) bool {
 
 // publish updates the metrics that describe the loaded material. r.mu is held.
 func (r *reloader) publish() {
-	if r.tls != nil {
-		r.files = r.tls.Files()
-		r.m.setFiles(r.files)
+	r.files = nil
+	psks := 0
+	seen := map[any]bool{}
+	for _, l := range r.sup.all() {
+		if t := l.mat.tls; t != nil && !seen[t] {
+			seen[t] = true
+			r.files = append(r.files, t.Files()...)
+		}
+		if p := l.mat.psk; p != nil && !seen[p.Store()] {
+			seen[p.Store()] = true
+			psks += p.Store().Len()
+		}
 	}
-	if r.psk != nil {
-		r.m.pskLoaded.Set(float64(r.psk.Len()))
-	}
+	r.m.setFiles(r.files)
+	r.m.pskLoaded.Set(float64(psks))
 }
 
 func (r *reloader) terminateRevoked() {
-	match := func(id handshake.Identity) bool {
-		switch id.Kind {
-		case handshake.KindPSK:
-			return r.psk != nil && !r.psk.Has(id.PSKIdentity)
-		case handshake.KindCertificate:
-			return r.tls != nil && r.tls.Revoked(id)
-		}
-		return false
-	}
 	n := 0
-	for _, s := range r.servers {
-		n += s.CloseMatching(match)
+	for _, l := range r.sup.all() {
+		mat := l.mat
+		n += l.srv.CloseMatching(func(id handshake.Identity) bool {
+			switch id.Kind {
+			case handshake.KindPSK:
+				return mat.psk != nil && !mat.psk.Store().Has(id.PSKIdentity)
+			case handshake.KindCertificate:
+				return mat.tls != nil && mat.tls.Revoked(id)
+			}
+			return false
+		})
 	}
 	if n > 0 {
 		r.log.Info().Int("sessions", n).Msg("closed sessions whose PSK was removed or certificate revoked")

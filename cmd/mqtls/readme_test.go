@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -57,4 +58,52 @@ func TestReadme(t *testing.T) {
 			t.Errorf("README.md's flag table lists --%s, which serve does not have", f)
 		}
 	}
+}
+
+// TestReadmeConfigKeys keeps the README's config file reference complete: every key the
+// file accepts appears in it, and the sample parses as a valid file.
+func TestReadmeConfigKeys(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "## Config file")
+	if !ok {
+		t.Fatal("README.md has no \"## Config file\" section")
+	}
+	_, rest, _ = strings.Cut(rest, "```yaml\n")
+	sample, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("the Config file section has no ```yaml block")
+	}
+	for _, k := range yamlKeys(reflect.TypeOf(fileConfig{})) {
+		if !regexp.MustCompile(`(?m)^\s*(- )?` + regexp.QuoteMeta(k) + `:`).MatchString(sample) {
+			t.Errorf("config key %q is missing from README.md's config reference", k)
+		}
+	}
+	// The sample names files that do not exist here; it must still parse and validate.
+	if _, err := parseConfigFile("README.md", []byte(sample)); err != nil {
+		t.Errorf("README.md's config sample does not validate: %v", err)
+	}
+}
+
+// yamlKeys returns every yaml key in t, recursively.
+func yamlKeys(t reflect.Type) []string {
+	var keys []string
+	for t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		keys = append(keys, name)
+		keys = append(keys, yamlKeys(f.Type)...)
+	}
+	return keys
 }

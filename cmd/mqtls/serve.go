@@ -1,25 +1,16 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
-	"regexp"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
-	"github.com/mqtls/mqtls/handshake"
-	"github.com/mqtls/mqtls/policy"
 	"github.com/mqtls/mqtls/proxy"
 	"github.com/mqtls/mqtls/proxy/datagram"
 )
@@ -37,6 +28,8 @@ const (
 	defaultExpiryWarning  = 30 * 24 * time.Hour
 	// readyInterval is how recently the broker must have been reached for /readyz.
 	readyInterval = 10 * time.Second
+	// defaultPerIPBurst lets a gateway behind one address reconnect a handful of devices at once.
+	defaultPerIPBurst = 20
 )
 
 // envFor is the environment variable that sets a flag: --client-id is MQTLS_CLIENT_ID.
@@ -55,6 +48,7 @@ func serveFlags() []cli.Flag {
 		return &cli.DurationFlag{Name: name, Value: value, Usage: usage, EnvVars: envFor(name)}
 	}
 	return []cli.Flag{
+		str("config", "", "YAML config `file` with any number of listeners (see README); not combined with the listener flags below"),
 		str("listen", defaultListen, "TCP `address` to accept TLS connections on"),
 		str("upstream", defaultUpstream, "the broker: `host:port` or unix:/path"),
 		str("cert", "", "server certificate chain, PEM `file`"),
@@ -80,8 +74,10 @@ func serveFlags() []cli.Flag {
 		&cli.IntFlag{Name: "max-connections", Usage: "most open connections per listener, handshakes included; 0 for no cap", EnvVars: envFor("max-connections")},
 		&cli.IntFlag{Name: "max-handshakes", Usage: "most handshakes in progress per listener; 0 for no cap", EnvVars: envFor("max-handshakes")},
 		&cli.Float64Flag{Name: "per-ip-rate", Usage: "new connections per second allowed from one source address (token bucket); 0 for no limit", EnvVars: envFor("per-ip-rate")},
-		&cli.IntFlag{Name: "per-ip-burst", Value: 20, Usage: "burst of new connections allowed from one source address above --per-ip-rate", EnvVars: envFor("per-ip-burst")},
+		&cli.IntFlag{Name: "per-ip-burst", Value: defaultPerIPBurst, Usage: "burst of new connections allowed from one source address above --per-ip-rate", EnvVars: envFor("per-ip-burst")},
 		&cli.IntFlag{Name: "max-connections-per-identity", Usage: "most sessions one identity may hold; one more gets CONNACK server busy; 0 for no cap", EnvVars: envFor("max-connections-per-identity")},
+		str("proxy-protocol", "", "send a PROXY protocol header to the upstream: v1 or v2 (v2 carries the TLS version, cipher and client CN)"),
+		list("proxy-protocol-from", "accept a PROXY protocol header from this source `CIDR` (repeatable; behind a load balancer)"),
 		str("admin-listen", "", "TCP `address` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9090"),
 		&cli.BoolFlag{Name: "admin-pprof", Usage: "also serve /debug/pprof on --admin-listen", EnvVars: envFor("admin-pprof")},
 		dur("reload-interval", defaultReloadInterval, "how often certificate, CA, CRL and PSK files are checked for changes (0: only on SIGHUP)"),
@@ -125,482 +121,104 @@ type adminConfig struct {
 
 // serveConfig is everything serve needs, validated.
 type serveConfig struct {
-	listen       string
-	tls          handshake.TLSConfig // CertFile "" means no certificate handshakes
-	pskFile      string              // "" means no PSK handshakes
-	pskFormat    handshake.PSKFormat
-	pskHint      string
-	dtlsListen   string
-	admin        adminConfig
-	policy       policy.Config
-	proxy        proxy.Config // Handshaker, Policy and Logger are set by serve
+	configFile   string // "" when built from flags
+	listeners    []listenerSpec
 	drainTimeout time.Duration
 	logFormat    string
 	logLevel     zerolog.Level
+	admin        adminConfig
 }
 
-// serveConfigFrom reads and validates the flags. Every problem found is reported, each
-// naming the flag to change.
+// serveConfigFrom reads and validates the flags, or the config file --config names. Every
+// problem found is reported, each naming the flag (or key) to change.
 func serveConfigFrom(c *cli.Context) (serveConfig, error) {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	cfg := serveConfig{
-		listen:       c.String("listen"),
-		drainTimeout: c.Duration("drain-timeout"),
-		logFormat:    c.String("log-format"),
-	}
-
-	// TLS.
-	cfg.tls = handshake.TLSConfig{
-		CertFile:     c.String("cert"),
-		KeyFile:      c.String("key"),
-		ClientCAFile: c.String("client-ca"),
-		CRLFiles:     c.StringSlice("crl"),
-	}
-	cfg.pskFile, cfg.pskHint = c.String("psk-file"), c.String("psk-hint")
-	var err error
-	if cfg.pskFormat, err = handshake.ParsePSKFormat(c.String("psk-format")); err != nil {
-		bad("--psk-format: %w", err)
-	}
-	if cfg.pskFile == "" && (c.IsSet("psk-hint") || c.IsSet("psk-format")) {
-		bad("--psk-hint and --psk-format need --psk-file: the file of device keys")
-	}
-	switch {
-	case cfg.tls.CertFile == "" && cfg.tls.KeyFile == "" && cfg.pskFile == "":
-		bad("--cert and --key are required (the server certificate chain and its private key, PEM files), or --psk-file for TLS-PSK")
-	case cfg.tls.CertFile == "" && cfg.tls.KeyFile == "":
-		if mutual := c.String("client-ca"); mutual != "" {
-			bad("--client-ca needs --cert and --key: a PSK-only listener has no certificate handshakes")
-		}
-	case cfg.tls.CertFile == "":
-		bad("--key is set but --cert is not: give the certificate that goes with the key")
-	case cfg.tls.KeyFile == "":
-		bad("--cert is set but --key is not: give the certificate's private key")
-	}
-	mutual := cfg.tls.ClientCAFile != ""
-	switch auth := c.String("client-auth"); {
-	case auth == "" && mutual:
-		cfg.tls.ClientAuth = handshake.ClientAuthRequire
-	case auth == "":
-		cfg.tls.ClientAuth = handshake.ClientAuthNone
-	default:
-		a, err := handshake.ParseClientAuth(auth)
-		switch {
-		case err != nil:
-			bad("--client-auth: %w", err)
-		case a != handshake.ClientAuthNone && !mutual:
-			bad("--client-auth %s needs --client-ca: the CA file that issues device certificates", auth)
-		case a == handshake.ClientAuthNone && mutual:
-			bad("--client-auth none with --client-ca: drop --client-ca, or use --client-auth request or require")
-		}
-		cfg.tls.ClientAuth = a
-	}
-	if len(cfg.tls.CRLFiles) > 0 && !mutual {
-		bad("--crl needs --client-ca: CRLs are checked against the CAs that issue device certificates")
-	}
-	switch v := c.String("min-tls"); v {
-	case "1.2":
-		cfg.tls.MinVersion = tls.VersionTLS12
-	case "1.3":
-		cfg.tls.MinVersion = tls.VersionTLS13
-	default:
-		bad("--min-tls %q: want 1.2 or 1.3", v)
-	}
-
-	// Binding policy.
-	identity := c.String("identity")
-	if identity == "" {
-		switch {
-		case cfg.pskFile != "" && cfg.tls.CertFile == "":
-			identity = "{psk}"
-		case cfg.pskFile != "":
-			identity = "{cn}{psk}"
-		default:
-			identity = "{cn}"
-		}
-	}
-	cfg.policy = policy.Config{
-		Identity:          identity,
-		ClientIDSeparator: c.String("client-id-separator"),
-		Allow:             c.StringSlice("allow"),
-		Deny:              c.StringSlice("deny"),
-		IdentityProperty:  c.String("identity-property"),
-	}
-	if cfg.policy.ClientID, err = policy.ParseClientIDMode(c.String("client-id")); err != nil {
-		bad("--client-id: %s", trimPolicy(err))
-	}
-	if cfg.policy.Username, err = policy.ParseUsernameMode(c.String("username")); err != nil {
-		bad("--username: %s", trimPolicy(err))
-	}
-	if cfg.policy.Password, err = policy.ParsePasswordMode(c.String("password")); err != nil {
-		bad("--password: %s", trimPolicy(err))
-	}
-	tmpl, err := policy.ParseTemplate(cfg.policy.Identity)
-	if err != nil {
-		bad("--identity %q: %s", cfg.policy.Identity, trimPolicy(err))
-	}
-	for _, l := range []struct {
-		flag  string
-		exprs []string
-	}{{"--allow", cfg.policy.Allow}, {"--deny", cfg.policy.Deny}} {
-		for _, e := range l.exprs {
-			if _, err := regexp.Compile(e); err != nil || e == "" {
-				if err == nil {
-					err = errors.New("empty expression; write ^$ to match an empty identity")
-				}
-				bad("%s %q: %v", l.flag, e, err)
+	if file := c.String("config"); file != "" {
+		var set []string
+		for _, name := range c.FlagNames() {
+			if name != "config" && name != "help" && c.IsSet(name) {
+				set = append(set, "--"+name)
 			}
 		}
-	}
-	if len(errs) == 0 {
-		// Only now, so that its messages do not repeat the ones above.
-		if _, err := policy.New(cfg.policy); err != nil {
-			bad("%s", trimPolicy(err))
+		if len(set) > 0 {
+			return serveConfig{}, fmt.Errorf("--config %s cannot be combined with %s: put those settings in the file", file, strings.Join(set, ", "))
 		}
-	}
-	if err == nil && len(errs) == 0 {
-		errs = append(errs, identitySourceProblems(c, cfg, tmpl)...)
+		return loadConfigFile(file)
 	}
 
-	// Proxy.
-	cfg.proxy = proxy.Config{
-		Name:             "tcp",
-		Upstream:         c.String("upstream"),
-		HandshakeTimeout: c.Duration("handshake-timeout"),
-		ConnectTimeout:   c.Duration("connect-timeout"),
-		DialTimeout:      c.Duration("dial-timeout"),
-		MaxConnectSize:   c.Int("max-connect-size"),
-		MaxConnections:   c.Int("max-connections"),
-		MaxHandshakes:    c.Int("max-handshakes"),
-		IdleTimeout:      c.Duration("dtls-idle-timeout"), // used on the DTLS listener only
-		MaxDatagram:      c.Int("dtls-max-datagram"),
+	cfg := serveConfig{
+		drainTimeout: c.Duration("drain-timeout"),
+		logFormat:    c.String("log-format"),
+		admin: adminConfig{
+			listen:           c.String("admin-listen"),
+			pprof:            c.Bool("admin-pprof"),
+			reloadInterval:   c.Duration("reload-interval"),
+			revokeTerminates: c.Bool("revoke-terminates"),
+			expiryWarning:    c.Duration("expiry-warning"),
+		},
 	}
-	cfg.proxy.PerIPRate = c.Float64("per-ip-rate")
-	cfg.proxy.PerIPBurst = c.Int("per-ip-burst")
-	cfg.proxy.MaxPerIdentity = c.Int("max-connections-per-identity")
-	if cfg.proxy.PerIPRate < 0 {
-		bad("--per-ip-rate %v: must not be negative (0 means no limit)", cfg.proxy.PerIPRate)
+	errs := commonProblems(&cfg, c.String("log-level"), func(k string) string {
+		return map[string]string{"log.format": "--log-format", "log.level": "--log-level", "drain_timeout": "--drain-timeout",
+			"admin.listen": "--admin-listen", "admin.pprof": "--admin-pprof", "admin.reload_interval": "--reload-interval",
+			"admin.expiry_warning": "--expiry-warning"}[k]
+	})
+
+	dur := func(name string) duration { return duration(c.Duration(name)) }
+	l := listenerFile{
+		Name:     "tcp",
+		Listen:   c.String("listen"),
+		Upstream: c.String("upstream"),
+		TLS: tlsFile{Cert: c.String("cert"), Key: c.String("key"), ClientCA: c.String("client-ca"),
+			ClientAuth: c.String("client-auth"), CRLs: c.StringSlice("crl"), MinVersion: c.String("min-tls")},
+		PSK: pskFile{File: c.String("psk-file"), Hint: c.String("psk-hint")},
+		Policy: policyFile{Identity: c.String("identity"), ClientID: c.String("client-id"),
+			ClientIDSeparator: c.String("client-id-separator"), Username: c.String("username"), Password: c.String("password"),
+			Allow: c.StringSlice("allow"), Deny: c.StringSlice("deny"), IdentityProperty: c.String("identity-property")},
+		Limits: limitsFile{MaxConnections: c.Int("max-connections"), MaxHandshakes: c.Int("max-handshakes"),
+			PerIPRate: c.Float64("per-ip-rate"), PerIPBurst: c.Int("per-ip-burst"),
+			MaxConnectionsPerIdentity: c.Int("max-connections-per-identity"), MaxConnectSize: c.Int("max-connect-size")},
+		Timeouts:      timeoutsFile{Handshake: dur("handshake-timeout"), Connect: dur("connect-timeout"), Dial: dur("dial-timeout")},
+		DTLS:          dtlsFile{MaxDatagram: c.Int("dtls-max-datagram")},
+		ProxyProtocol: proxyProtocolFile{Send: c.String("proxy-protocol"), AcceptFrom: c.StringSlice("proxy-protocol-from")},
 	}
-	if c.Int("per-ip-burst") < 1 {
-		bad("--per-ip-burst %d: must be at least 1", c.Int("per-ip-burst"))
-	}
-	if cfg.proxy.MaxPerIdentity < 0 {
-		bad("--max-connections-per-identity %d: must not be negative (0 means no cap)", cfg.proxy.MaxPerIdentity)
-	}
-	cfg.admin = adminConfig{
-		listen:           c.String("admin-listen"),
-		pprof:            c.Bool("admin-pprof"),
-		reloadInterval:   c.Duration("reload-interval"),
-		revokeTerminates: c.Bool("revoke-terminates"),
-		expiryWarning:    c.Duration("expiry-warning"),
-	}
-	if cfg.admin.listen != "" {
-		if _, _, err := net.SplitHostPort(cfg.admin.listen); err != nil {
-			bad("--admin-listen %q: want host:port or :port: %v", cfg.admin.listen, err)
-		}
-	}
-	if cfg.admin.pprof && cfg.admin.listen == "" {
-		bad("--admin-pprof needs --admin-listen: the address to serve it on")
-	}
-	if cfg.admin.reloadInterval < 0 {
-		bad("--reload-interval %v: must not be negative (0 means only on SIGHUP)", cfg.admin.reloadInterval)
-	}
-	if cfg.admin.expiryWarning < 0 {
-		bad("--expiry-warning %v: must not be negative", cfg.admin.expiryWarning)
-	}
-	cfg.dtlsListen = c.String("dtls-listen")
-	if cfg.dtlsListen != "" {
-		if _, _, err := net.SplitHostPort(cfg.dtlsListen); err != nil {
-			bad("--dtls-listen %q: want host:port or :port: %v", cfg.dtlsListen, err)
-		}
-	}
-	if n := cfg.proxy.MaxDatagram; n < 64 || n > datagram.MaxRecord {
-		bad("--dtls-max-datagram %d: want 64 to %d bytes", n, datagram.MaxRecord)
-	}
-	if cfg.proxy.IdleTimeout < 0 {
-		bad("--dtls-idle-timeout %v: must not be negative (0 turns it off)", cfg.proxy.IdleTimeout)
-	}
-	for _, f := range []string{"max-connections", "max-handshakes"} {
-		if c.Int(f) < 0 {
-			bad("--%s %d: must not be negative (0 means no cap)", f, c.Int(f))
-		}
-	}
-	if err := proxy.ValidateUpstream(cfg.proxy.Upstream); err != nil {
-		bad("--upstream: %w", err)
+	if c.IsSet("psk-format") {
+		l.PSK.Format = c.String("psk-format")
 	}
 	for _, d := range []string{"handshake-timeout", "connect-timeout", "dial-timeout"} {
 		if c.Duration(d) <= 0 {
-			bad("--%s %v: must be positive", d, c.Duration(d))
+			errs = append(errs, fmt.Errorf("--%s %v: must be positive", d, c.Duration(d)))
 		}
 	}
-	if cfg.drainTimeout < 0 {
-		bad("--drain-timeout %v: must not be negative", cfg.drainTimeout)
+	if c.Duration("dtls-idle-timeout") < 0 {
+		errs = append(errs, fmt.Errorf("--dtls-idle-timeout %v: must not be negative (0 turns it off)", c.Duration("dtls-idle-timeout")))
 	}
-	if n := c.Int("max-connect-size"); n < 16 || n > policy.MaxRemainingLength {
-		bad("--max-connect-size %d: want 16 to %d bytes", n, policy.MaxRemainingLength)
-	}
-	if _, _, err := net.SplitHostPort(cfg.listen); err != nil {
-		bad("--listen %q: want host:port or :port: %v", cfg.listen, err)
-	}
-
-	// Logs.
-	if cfg.logFormat != "json" && cfg.logFormat != "console" {
-		bad("--log-format %q: want json or console", cfg.logFormat)
-	}
-	if cfg.logLevel, err = zerolog.ParseLevel(c.String("log-level")); err != nil || c.String("log-level") == "" {
-		bad("--log-level %q: want debug, info, warn or error", c.String("log-level"))
+	sp, e := buildListener(l, flagNamer)
+	errs = append(errs, e...)
+	cfg.listeners = append(cfg.listeners, sp)
+	if addr := c.String("dtls-listen"); addr != "" {
+		d := l
+		d.Name, d.Transport, d.Listen = "dtls", "dtls", addr
+		d.ProxyProtocol.AcceptFrom = nil // TCP only; --proxy-protocol-from applies to --listen
+		d.TLS.MinVersion = ""
+		d.Timeouts.Idle = dur("dtls-idle-timeout")
+		dsp, e := buildListener(d, func(k string) string {
+			if k == "listen" {
+				return "--dtls-listen"
+			}
+			return flagNamer(k)
+		})
+		if len(e) > 0 && len(errs) == 0 {
+			errs = append(errs, e...)
+		}
+		if c.Duration("dtls-idle-timeout") == 0 {
+			dsp.proxy.IdleTimeout = 0
+		}
+		dsp.shareWith = sp.name
+		cfg.listeners = append(cfg.listeners, dsp)
 	}
 	return cfg, errors.Join(errs...)
 }
 
-// identitySourceProblems refuses a binding the listener can never satisfy: one that needs
-// an identity when no handshake of this listener can yield one.
-func identitySourceProblems(c *cli.Context, cfg serveConfig, tmpl policy.Template) []error {
-	var needs []string
-	if cfg.policy.ClientID != policy.ClientIDOff {
-		needs = append(needs, "--client-id "+cfg.policy.ClientID.String())
-	}
-	if cfg.policy.Username == policy.UsernameIdentity {
-		needs = append(needs, "--username identity")
-	}
-	if len(cfg.policy.Allow) > 0 {
-		needs = append(needs, "--allow")
-	}
-	if cfg.policy.IdentityProperty != "" {
-		needs = append(needs, "--identity-property")
-	}
-	if len(needs) == 0 {
-		return nil
-	}
-	what := strings.Join(needs, " and ")
-	certs, psks := cfg.tls.ClientCAFile != "", cfg.pskFile != ""
-	kinds := tmpl.Kinds()
-	switch {
-	case !certs && !psks:
-		return []error{fmt.Errorf("%s needs an identity, but without --client-ca or --psk-file no device proves one: add --client-ca (device certificates) or --psk-file (pre-shared keys), or drop %s", what, what)}
-	case !(certs && slices.Contains(kinds, handshake.KindCertificate)) && !(psks && slices.Contains(kinds, handshake.KindPSK)):
-		have := "certificates (--client-ca)"
-		fields := "{cn}, {uri}, {dns}, ..."
-		if !certs {
-			have, fields = "pre-shared keys (--psk-file)", "{psk}"
-		}
-		return []error{fmt.Errorf("--identity %q names no field the devices of this listener have, so %s can never be satisfied: its devices prove %s; use %s", cfg.policy.Identity, what, have, fields)}
-	}
-	return nil
-}
-
 func trimPolicy(err error) string { return strings.TrimPrefix(err.Error(), "policy: ") }
-
-// serve runs the listeners until ctx is cancelled, then drains them: /readyz turns false
-// at once, the listeners stop accepting, and sessions get the drain timeout to end (or
-// less, if sig.hardStop fires: a second SIGTERM).
-func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) error {
-	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
-
-	hs, err := newHandshaker(cfg)
-	if err != nil {
-		return err
-	}
-	pol, err := policy.New(cfg.policy)
-	if err != nil {
-		return err
-	}
-	m := newMetrics()
-	ready := &readiness{interval: readyInterval}
-	hooks := m.hooks()
-	dialed := hooks.UpstreamDial
-	hooks.UpstreamDial = func(l string, err error) {
-		dialed(l, err)
-		if err == nil {
-			ready.upstreamOK.Store(time.Now().UnixNano())
-		}
-	}
-
-	type listener struct {
-		srv *proxy.Server
-		ln  net.Listener
-	}
-	var listeners []listener
-	defer func() {
-		for _, l := range listeners {
-			l.ln.Close()
-		}
-	}()
-
-	pc := cfg.proxy
-	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = hs.Handshaker, pol, log, hooks
-	pc.IdleTimeout = 0 // TCP sessions end with FIN; the broker's keep-alive judges idleness
-	srv, err := proxy.New(pc)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
-	listeners = append(listeners, listener{srv, ln})
-
-	if cfg.dtlsListen != "" {
-		dln, dtlsSrv, err := handshake.ListenDTLS(cfg.dtlsListen, handshake.DTLSConfig{TLS: hs.tls, PSK: hs.psk})
-		if err != nil {
-			return fmt.Errorf("--dtls-listen: %w", err)
-		}
-		dc := cfg.proxy
-		dc.Name, dc.Datagram = "dtls", true
-		dc.Handshaker, dc.Policy, dc.Logger, dc.Hooks = dtlsSrv, pol, log, hooks
-		dsrv, err := proxy.New(dc)
-		if err != nil {
-			dln.Close()
-			return err
-		}
-		listeners = append(listeners, listener{dsrv, dln})
-	}
-
-	var admin *http.Server
-	var adminLn net.Listener
-	if cfg.admin.listen != "" {
-		if adminLn, err = net.Listen("tcp", cfg.admin.listen); err != nil {
-			return fmt.Errorf("%w: %w", errAdminListen, err)
-		}
-		admin = adminServer(m, ready, cfg.admin.pprof)
-	}
-
-	bg, stopBG := context.WithCancel(context.Background())
-	var bgDone sync.WaitGroup
-	defer func() {
-		stopBG()
-		bgDone.Wait()
-	}()
-	rl := &reloader{log: log, m: m, tls: hs.tls, revokeTerminates: cfg.admin.revokeTerminates}
-	if hs.psk != nil {
-		rl.psk = hs.psk.Store()
-	}
-	for _, l := range listeners {
-		rl.servers = append(rl.servers, l.srv)
-	}
-	rl.snapshot()
-	bgDone.Add(1)
-	go func() {
-		defer bgDone.Done()
-		rl.run(bg, cfg.admin.reloadInterval, sig.hup, cfg.admin.expiryWarning)
-	}()
-
-	ev := log.Info().Str("version", version).Str("upstream", pc.Upstream).
-		Str("client_id", cfg.policy.ClientID.String()).Str("identity", pol.Template().String())
-	if cfg.tls.CertFile != "" {
-		ev = ev.Str("client_auth", cfg.tls.ClientAuth.String())
-	}
-	if cfg.pskFile != "" {
-		ev = ev.Str("psk_file", cfg.pskFile).Int("psk_identities", hs.psks)
-	}
-	ev.Msg("starting")
-
-	serveErr := make(chan error, len(listeners)+1)
-	for _, l := range listeners {
-		go func() { serveErr <- l.srv.Serve(l.ln) }()
-	}
-	ready.bound.Store(true)
-	if admin != nil {
-		log.Info().Str("addr", adminLn.Addr().String()).Msg("admin listening")
-		go func() {
-			if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
-				serveErr <- fmt.Errorf("%w: %w", errAdminListen, err)
-			}
-		}()
-		bgDone.Add(1)
-		go func() {
-			defer bgDone.Done()
-			ready.probeUpstream(bg, pc.Upstream, orDefault(pc.DialTimeout, proxy.DefaultDialTimeout))
-		}()
-	}
-
-	var failed error
-	select {
-	case err := <-serveErr:
-		// Serve only returns early when a listener fails for good.
-		failed = fmt.Errorf("serving: %w", err)
-	case <-ctx.Done():
-	}
-	ready.draining.Store(true)
-	log.Info().Dur("drain_timeout", cfg.drainTimeout).Msg("shutting down: draining connections")
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
-	defer cancel()
-	go func() {
-		select {
-		case <-sig.hardStop:
-			log.Info().Msg("second signal: closing all connections now")
-			cancel()
-		case <-dctx.Done():
-		}
-	}()
-	done := make(chan error, len(listeners))
-	for _, l := range listeners {
-		go func() { done <- l.srv.Shutdown(dctx) }()
-	}
-	for range listeners {
-		if err := <-done; err != nil {
-			log.Info().Msg("drain ended: remaining connections closed")
-		}
-	}
-	if admin != nil {
-		admin.Close()
-	}
-	log.Info().Msg("stopped")
-	return failed
-}
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// handshakers is what newHandshaker built: the listener's handshaker and, for the start-up
-// log line, how many PSK identities it loaded.
-type handshakers struct {
-	proxy.Handshaker
-	tls  *handshake.TLSServer // nil without certificates
-	psk  *handshake.PSKServer // nil without PSKs
-	psks int
-}
-
-// newHandshaker loads the files cfg names and returns the listener's handshaker:
-// crypto/tls, TLS-PSK, or both behind a ClientHello router.
-func newHandshaker(cfg serveConfig) (handshakers, error) {
-	var tlsSrv *handshake.TLSServer
-	var pskSrv *handshake.PSKServer
-	var out handshakers
-	if cfg.tls.CertFile != "" {
-		var err error
-		if tlsSrv, err = handshake.NewTLSServer(cfg.tls); err != nil {
-			return out, err
-		}
-		out.Handshaker = tlsSrv
-	}
-	if cfg.pskFile != "" {
-		store, err := handshake.LoadPSKFile(cfg.pskFile, cfg.pskFormat)
-		if err != nil {
-			return out, fmt.Errorf("--psk-file: %w", err)
-		}
-		if pskSrv, err = handshake.NewPSKServer(store, cfg.pskHint); err != nil {
-			return out, fmt.Errorf("--psk-hint: %w", err)
-		}
-		out.Handshaker, out.psks = pskSrv, store.Len()
-	}
-	if tlsSrv != nil && pskSrv != nil {
-		out.Handshaker = &handshake.Mixed{TLS: tlsSrv, PSK: pskSrv}
-	}
-	out.tls, out.psk = tlsSrv, pskSrv
-	return out, nil
-}
 
 func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
 	if format == "console" {
