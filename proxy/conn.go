@@ -361,7 +361,7 @@ func (c *conn) audit() {
 	ev = ev.Str(fieldOutcome, c.outcome).
 		Str(fieldReason, c.reason).
 		Str(fieldIdentityKind, c.ident.Kind.String())
-	if c.identity == "" { // the child logger carries it once the handshake succeeded
+	if !c.secured { // the child logger carries it once the handshake succeeded
 		ev = ev.Str(fieldIdentity, "")
 	}
 	if c.level != 0 {

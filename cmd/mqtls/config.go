@@ -279,6 +279,9 @@ func buildListener(l listenerFile, key keyNamer) (listenerSpec, []error) {
 	default:
 		bad("%s %q: want 1.2 or 1.3", key("tls.min_version"), v)
 	}
+	if sp.pskFile != "" && l.TLS.MinVersion == "1.3" {
+		bad("%s 1.3 with %s: TLS-PSK is served over TLS 1.2 only", key("tls.min_version"), key("psk.file"))
+	}
 	if sp.transport == "dtls" && l.TLS.MinVersion == "1.3" {
 		bad("%s 1.3 on a DTLS listener: mqtls serves DTLS 1.2 only", key("tls.min_version"))
 	}
