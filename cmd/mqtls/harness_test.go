@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -29,6 +30,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqtls/mqtls/handshake/handshaketest"
+	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
 
 // installHint is what a developer runs when a peer binary the tests need is missing.
@@ -904,4 +906,211 @@ func readUntilClosed(t *testing.T, conn net.Conn, within time.Duration) []byte {
 			return got
 		}
 	}
+}
+
+// TLS-PSK devices, for the listeners that take pre-shared keys.
+
+// pskDevice is a TLS-PSK client: an identity and its key in hex, as mosquitto_pub takes it.
+type pskDevice struct {
+	identity string
+	keyHex   string
+}
+
+// mosquittoArgs are the connection options of mosquitto_pub and mosquitto_sub for d. With
+// --psk the clients trust no certificate, so there is no --cafile.
+func (d pskDevice) mosquittoArgs(addr, clientID, version string) []string {
+	host, port, _ := net.SplitHostPort(addr)
+	return []string{"-h", host, "-p", port, "--psk", d.keyHex, "--psk-identity", d.identity, "-i", clientID, "-V", version}
+}
+
+// pub runs mosquitto_pub once as d and returns its combined output and error.
+func (d pskDevice) pub(t *testing.T, addr, clientID, version, topic, msg string) (string, error) {
+	t.Helper()
+	return runPeerBin(t, "mosquitto_pub", append(d.mosquittoArgs(addr, clientID, version), "-t", topic, "-m", msg)...)
+}
+
+// mustPub is pub that fails the test when mosquitto_pub fails.
+func (d pskDevice) mustPub(t *testing.T, addr, clientID, version, topic, msg string) {
+	t.Helper()
+	if out, err := d.pub(t, addr, clientID, version, topic, msg); err != nil {
+		t.Fatalf("mosquitto_pub --psk-identity %s -i %s -t %s: %v\n%s", d.identity, clientID, topic, err, out)
+	}
+}
+
+// sub starts mosquitto_sub as d; see device.sub.
+func (d pskDevice) sub(t *testing.T, addr, clientID, version, topic string, count int) *subscriber {
+	t.Helper()
+	return startSub(t, append(d.mosquittoArgs(addr, clientID, version), "-t", topic, "-v", "-C", strconv.Itoa(count), "-W", "20")...)
+}
+
+// runPeerBin runs a peer program with stdin at EOF and returns its combined output.
+func runPeerBin(t *testing.T, name string, args ...string) (string, error) {
+	t.Helper()
+	bin := peerBin(t, name)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = strings.NewReader("")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %s did not finish within 20s:\n%s", name, strings.Join(args, " "), out)
+	}
+	return string(out), err
+}
+
+// startSub starts mosquitto_sub with args; it is stopped when t ends.
+func startSub(t *testing.T, args ...string) *subscriber {
+	t.Helper()
+	bin := peerBin(t, "mosquitto_sub")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	s := &subscriber{done: make(chan struct{})}
+	cmd.Stdout = &s.out
+	cmd.Stderr = &s.out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("starting mosquitto_sub: %v", err)
+	}
+	go func() {
+		s.err = cmd.Wait()
+		cancel()
+		close(s.done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-s.done
+	})
+	return s
+}
+
+// dialPSK connects to addr and runs the TLS-PSK handshake as identity with key, using the
+// package's own client. It returns the local address (the "remote" of the audit line) even
+// when the handshake fails; the connection is returned open only on success and is closed
+// when t ends.
+func dialPSK(t *testing.T, addr string, cfg *tlspsk.ClientConfig) (*tlspsk.Conn, string, error) {
+	t.Helper()
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := raw.LocalAddr().String()
+	conn := tlspsk.Client(raw, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := conn.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, local, err
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, local, nil
+}
+
+// pskAddOutput matches what `mqtls psk add` prints for the device side.
+var pskAddOutput = regexp.MustCompile(`(?m)^device side: mosquitto_pub --psk ([0-9a-f]{64}) --psk-identity (\S+) \.\.\.$`)
+
+// runApp runs the mqtls command line in-process and returns what it wrote to stdout.
+func runApp(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var stdout, stderr lockedBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	err := newApp(&stdout, &stderr).RunContext(ctx, append([]string{"mqtls"}, args...))
+	return stdout.String(), err
+}
+
+// addPSKDevice runs `mqtls psk add --file file identity` and returns the device with the
+// key it printed.
+func addPSKDevice(t *testing.T, file, identity string) pskDevice {
+	t.Helper()
+	out, err := runApp(t, "psk", "add", "--file", file, identity)
+	if err != nil {
+		t.Fatalf("mqtls psk add --file %s %s: %v", file, identity, err)
+	}
+	m := pskAddOutput.FindStringSubmatch(out)
+	if m == nil || m[2] != identity {
+		t.Fatalf("mqtls psk add printed %q, want the mosquitto_pub arguments for %s", out, identity)
+	}
+	return pskDevice{identity: identity, keyHex: m[1]}
+}
+
+// DTLS listeners.
+
+// dtlsAddr waits for the "listening" line of the DTLS listener (started with --dtls-listen)
+// and returns the UDP address it logged.
+func (s *server) dtlsAddr(t *testing.T) string {
+	t.Helper()
+	line, ok := s.logs.wait(waitTimeout, s.done, func(line string) bool {
+		e, ok := parseEntry(line)
+		return ok && e.str("message") == "listening" && e.str("listener") == "dtls" && e.str("addr") != ""
+	})
+	if !ok {
+		t.Fatalf("mqtls did not log \"listening\" for the dtls listener within %v", waitTimeout)
+	}
+	e, _ := parseEntry(line)
+	return e.str("addr")
+}
+
+// Operations: servers started with signals, and their admin listener.
+
+// startServerWith is startServer with the signals serve hears besides its context: a
+// SIGHUP channel and a second-signal (hard stop) channel; a nil channel never fires.
+func startServerWith(t *testing.T, sig signals, args ...string) *server {
+	t.Helper()
+	s := &server{logs: newLineLog(), stderr: newLineLog(), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	argv := append([]string{"mqtls", "serve", "--listen", "127.0.0.1:0", "--log-level", "debug"}, args...)
+	go func() {
+		defer close(s.done)
+		s.err = newAppWith(s.logs, s.stderr, sig).RunContext(ctx, argv)
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("mqtls %s\nstdout:\n%s\nstderr:\n%s", strings.Join(argv[1:], " "), s.logs, s.stderr)
+		}
+	})
+	t.Cleanup(func() { s.stop(t) })
+
+	line, ok := s.logs.wait(waitTimeout, s.done, func(line string) bool {
+		e, ok := parseEntry(line)
+		return ok && e.str("message") == "listening" && e.str("addr") != "" && e.str("listener") == "tcp"
+	})
+	if !ok {
+		s.cancel()
+		<-s.done
+		t.Fatalf("mqtls did not log \"listening\" (RunContext returned %v)", s.err)
+	}
+	e, _ := parseEntry(line)
+	s.addr, s.listener = e.str("addr"), e.str("listener")
+	return s
+}
+
+// adminAddr waits for the "admin listening" line of a server started with --admin-listen
+// and returns the address it names.
+func (s *server) adminAddr(t *testing.T) string {
+	t.Helper()
+	line, ok := s.logs.wait(waitTimeout, s.done, func(line string) bool {
+		e, ok := parseEntry(line)
+		return ok && e.str("message") == "admin listening" && e.str("addr") != ""
+	})
+	if !ok {
+		t.Fatalf("mqtls did not log \"admin listening\" with an addr within %v", waitTimeout)
+	}
+	e, _ := parseEntry(line)
+	return e.str("addr")
+}
+
+// waitLine waits for a log line with the given message for which match (nil: any) is
+// true, and returns it.
+func (s *server) waitLine(t *testing.T, message string, match func(logEntry) bool) logEntry {
+	t.Helper()
+	line, ok := s.logs.wait(waitTimeout, nil, func(line string) bool {
+		e, ok := parseEntry(line)
+		return ok && e.str("message") == message && (match == nil || match(e))
+	})
+	if !ok {
+		t.Fatalf("mqtls did not log %q within %v", message, waitTimeout)
+	}
+	e, _ := parseEntry(line)
+	return e
 }
