@@ -28,18 +28,23 @@ type closeWriter interface{ CloseWrite() error }
 // end is passed on as a half-close (close_notify and FIN towards the device, FIN towards
 // the broker) and the other direction gets CloseTimeout to finish; any error ends both.
 func (c *conn) pipe(device, up net.Conn) {
-	done := make(chan string, 2) // which direction ended, in order
+	// Each copier says it ended before it passes the end on: once the peer has seen the
+	// half-close it may end the other direction at once, and that must not be taken for
+	// the side that ended first.
+	ended := make(chan string, 2) // which direction ended, in order
+	done := make(chan struct{})
 	var toDevice, toUpstream copyResult
 	go func() {
+		defer close(done)
 		toDevice = copyToDevice(device, up)
+		ended <- "upstream"
 		c.halfClose(device, up, toDevice, c.device)
-		done <- "upstream"
 	}()
 	toUpstream = copyToUpstream(up, device, c.idleArm())
+	ended <- "device"
 	c.halfClose(up, device, toUpstream, up)
-	done <- "device"
-	c.endedBy = <-done
 	<-done
+	c.endedBy = <-ended
 
 	c.bytesIn += toUpstream.n
 	c.bytesOut += toDevice.n
