@@ -2,9 +2,10 @@
 # The project's test command (README: ./scripts/test.sh), also what CI runs via .ci/run.
 #
 # It makes sure the real peers the end-to-end tests start are installed (mosquitto, its
-# clients, openssl, gnutls-cli), installing them with apt-get on Debian/Ubuntu when it can,
-# then checks formatting, runs go vet, the whole test suite under the race detector, and a
-# short fuzzing pass over every fuzz target.
+# clients, openssl, gnutls-cli) and the release check's tools (make, file), installing them
+# with apt-get on Debian/Ubuntu when it can, then checks formatting, runs go vet, builds and
+# checks the static release binary (make check-release), runs the whole test suite under the
+# race detector, and a short fuzzing pass over every fuzz target.
 #
 # Environment:
 #   FUZZTIME   how long each fuzz target runs (default 10s; 0 or "off" skips fuzzing)
@@ -17,13 +18,13 @@ start=$SECONDS
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
-install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin"
+install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin make file"
 
 command -v go >/dev/null 2>&1 || die "go is not installed (see go.mod for the version)"
 
 missing_tools() {
 	local tool out=()
-	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli; do
+	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli make file; do
 		# mosquitto lives in /usr/sbin, which is not on every user's PATH.
 		command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || out+=("$tool")
 	done
@@ -46,10 +47,10 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 missing=$(missing_tools)
 if [[ -n $missing ]]; then
-	say "installing test peers (missing: $missing)"
+	say "installing test tools (missing: $missing)"
 	if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
 		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin make file
 		# The package may start a system broker on 1883. The tests never use that port (each
 		# starts its own broker on a free one), but do not leave a stray broker running.
 		if port_open 1883; then
@@ -58,7 +59,7 @@ if [[ -n $missing ]]; then
 		fi
 	fi
 	missing=$(missing_tools)
-	[[ -z $missing ]] || die "missing test peers: $missing; install them with: sudo sh -c '$install_cmd'"
+	[[ -z $missing ]] || die "missing test tools: $missing; install them with: sudo sh -c '$install_cmd'"
 fi
 # /usr/sbin holds mosquitto on Debian; the tests look it up on PATH.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
@@ -70,6 +71,10 @@ unformatted=$(find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*
 
 say "go vet ./..."
 go vet ./...
+
+# The Dockerfile's binary, checked here because CI has no container engine to build the image.
+say "make check-release"
+make check-release
 
 say "go test -race ./..."
 go test -race -count=1 -timeout 15m ./...
@@ -100,5 +105,5 @@ if [[ $fuzztime != 0 && $fuzztime != off ]]; then
 	done
 fi
 
-printf 'test.sh: PASS (gofmt, go vet, go test -race, %d fuzz target(s) x %s) in %ds%s\n' \
+printf 'test.sh: PASS (gofmt, go vet, check-release, go test -race, %d fuzz target(s) x %s) in %ds%s\n' \
 	"$fuzzed" "$fuzztime" $((SECONDS - start)) "${CI:+ [CI]}"

@@ -1,0 +1,50 @@
+# Release build and its checks. The Dockerfile runs `make release`, so the image holds the
+# binary CI checks here; CI has no container engine, so check-release proves what the image
+# relies on: the binary is static (distroless/static has no libc) and carries its version.
+
+# VERSION is stamped into the binary (mqtls version prints it): the nearest tag, else the
+# commit, with -dirty for uncommitted changes; "dev" outside a git checkout.
+ifeq ($(origin VERSION),undefined)
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null)
+endif
+ifeq ($(strip $(VERSION)),)
+override VERSION := dev
+endif
+
+BIN := bin/mqtls
+
+.PHONY: release check-release test clean
+
+# release builds the static release binary: no cgo, no local paths, no symbol table.
+release:
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN) ./cmd/mqtls
+
+# check-release builds the release binary and fails unless it is statically linked (by
+# file, or by ldd when file is missing or unsure; both phrasings of each), was built
+# without cgo and with -trimpath, and reports the version it was stamped with.
+check-release: release
+	@set -eu; \
+	static=; \
+	if command -v file >/dev/null 2>&1; then \
+		out=$$(file $(BIN)); echo "file: $$out"; \
+		case "$$out" in *"statically linked"*|*"static-pie linked"*) static=file;; esac; \
+	fi; \
+	if [ -z "$$static" ]; then \
+		out=$$(ldd $(BIN) 2>&1 || true); echo "ldd: $$out"; \
+		case "$$out" in *"not a dynamic executable"*|*"statically linked"*) static=ldd;; esac; \
+	fi; \
+	[ -n "$$static" ] || { echo "check-release: $(BIN) is dynamically linked; the distroless/static image cannot run it" >&2; exit 1; }; \
+	settings=$$(go version -m $(BIN)); \
+	echo "$$settings" | grep -q 'CGO_ENABLED=0' || { echo "check-release: $(BIN) was not built with CGO_ENABLED=0" >&2; exit 1; }; \
+	echo "$$settings" | grep -q -- '-trimpath=true' || { echo "check-release: $(BIN) was not built with -trimpath" >&2; exit 1; }; \
+	out=$$(./$(BIN) version); echo "version: $$out"; \
+	set -- $$out; \
+	[ "$${2:-}" = "$(VERSION)" ] || { echo "check-release: $(BIN) version says '$${2:-}', want '$(VERSION)'" >&2; exit 1; }; \
+	echo "check-release: $(BIN) is static (by $$static), CGO_ENABLED=0, -trimpath, version $(VERSION)"
+
+# test runs the project's whole test command (it runs check-release too).
+test:
+	./scripts/test.sh
+
+clean:
+	rm -rf bin
