@@ -30,6 +30,12 @@ type recordConn struct {
 	hdr  [recordHeaderLen]byte
 	hdrN int
 	left int
+
+	// readFn is rawRead as a func value, made once: a closure per fill would cost an
+	// allocation on every socket read. n and rerr carry its results.
+	readFn func(fd uintptr) bool
+	n      int
+	rerr   error
 }
 
 const (
@@ -46,6 +52,7 @@ func newRecordConn(c net.Conn) *recordConn {
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			rc.raw = raw
+			rc.readFn = rc.rawRead
 		}
 	}
 	return rc
@@ -116,6 +123,24 @@ func (c *recordConn) release() {
 	}
 }
 
+// rawRead is the syscall.RawConn read callback of fill: it borrows a buffer only once the
+// kernel has bytes, and gives it back before the poller parks the goroutine.
+func (c *recordConn) rawRead(fd uintptr) bool {
+	c.buf = rawBufPool.Get().(*[]byte)
+	for {
+		c.n, c.rerr = syscall.Read(int(fd), *c.buf)
+		if c.rerr != syscall.EINTR {
+			break
+		}
+	}
+	if c.rerr == syscall.EAGAIN {
+		rawBufPool.Put(c.buf)
+		c.buf = nil
+		return false
+	}
+	return true
+}
+
 // fill reads what the socket has into a freshly borrowed buffer. Called only when empty.
 func (c *recordConn) fill() error {
 	if c.raw == nil {
@@ -128,24 +153,8 @@ func (c *recordConn) fill() error {
 		c.release()
 		return err
 	}
-	var n int
-	var rerr error
-	err := c.raw.Read(func(fd uintptr) bool {
-		c.buf = rawBufPool.Get().(*[]byte)
-		for {
-			n, rerr = syscall.Read(int(fd), *c.buf)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			// Nothing yet: give the buffer back before the poller parks us.
-			rawBufPool.Put(c.buf)
-			c.buf = nil
-			return false
-		}
-		return true
-	})
+	err := c.raw.Read(c.readFn)
+	n, rerr := c.n, c.rerr
 	switch {
 	case err == nil && rerr == nil && n > 0:
 		c.r, c.w = 0, n
