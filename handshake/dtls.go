@@ -55,8 +55,16 @@ type DTLSServer struct {
 
 // ListenDTLS opens a DTLS listener on the UDP address addr. Accept returns connections
 // before their handshake; DTLSServer.Handshake runs it. Cookie exchange (HelloVerifyRequest)
-// is always on, so a spoofed ClientHello creates no state and is answered with no more
-// bytes than it carried; connection IDs are on, so a session survives a NAT rebinding.
+// is always on, so a spoofed ClientHello is answered with no more bytes than it carried
+// (no amplification) and never gets past the cookie; connection IDs are on, so a session
+// survives a NAT rebinding.
+//
+// pion does keep a little state per new source address until the handshake deadline (its
+// listener hands over a connection before the cookie round trip, and checks the cookie
+// against a value kept in that connection). A stateless cookie layer in front of it would
+// need pion to start its message sequence after an HelloVerifyRequest it did not send,
+// which it cannot. The listener's MaxHandshakes and per-address rate bound what spoofed
+// hellos can hold.
 func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) {
 	if cfg.TLS == nil && cfg.PSK == nil {
 		return nil, nil, errors.New("a DTLS listener needs a certificate or a PSK store")

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestRun runs the example end to end and checks that the story it tells is the one the
+// package comment promises, and that it leaves nothing running.
+func TestRun(t *testing.T) {
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+
+	var out bytes.Buffer
+	var logs syncBuffer
+	err := run(ctx, &out, &logs)
+	t.Logf("narrative:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("run: %v\nlogs:\n%s", err, logs.String())
+	}
+
+	for _, want := range []string{
+		`PSK file: one device, identity "dev-1"`,
+		`device "dev-1": DTLS 1.2 handshake done, TLS_PSK_WITH_AES_128_CCM_8`,
+		`accepted as client ID "dev-1": CONNACK reason 0x00 (success)`,
+		`dashboard received "21.5" on devices/dev-1/temp`,
+		`mqtls audit: outcome=forwarded identity=dev-1 client_id=dev-1 DTLS 1.2 TLS_PSK_WITH_AES_128_CCM_8`,
+		`0 datagrams dropped`,
+		`claiming client ID "dev-2": refused with CONNACK reason 0x85 (client identifier not valid)`,
+		`mqtls audit: outcome=rejected identity=dev-1 client_id=dev-2 reason=client_id_mismatch DTLS 1.2`,
+		`client ID "dev-2" never reached it`,
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("narrative lacks %q", want)
+		}
+	}
+	if n := strings.Count(logs.String(), `"message":"connection"`); n != 2 {
+		t.Errorf("mqtls wrote %d audit lines, want 2\nlogs:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), `"listener":"dtls"`) {
+		t.Errorf("mqtls's log does not name the dtls listener:\n%s", logs.String())
+	}
+	checkGoroutines(t, before)
+}
+
+// TestRunCancelled checks that a run that cannot finish reports an error and still stops
+// everything it started.
+func TestRunCancelled(t *testing.T) {
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	var out bytes.Buffer
+	var logs syncBuffer
+	if err := run(ctx, &out, &logs); err == nil {
+		t.Fatalf("run with a cancelled context succeeded; narrative:\n%s", out.String())
+	}
+	checkGoroutines(t, before)
+}
+
+// checkGoroutines fails t if, within a few seconds, the number of goroutines has not come
+// back to before. Goroutines that were told to stop (a listener's accept loop, a client's
+// reader) may need a moment to return, and nothing signals that they have, so it polls,
+// as goleak does.
+func checkGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= before {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("%d goroutines still running, %d before the run:\n%s", n, before, buf)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// syncBuffer is a bytes.Buffer that mqtls and the broker may log to concurrently, even
+// after the test has returned.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
