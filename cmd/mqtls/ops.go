@@ -208,13 +208,16 @@ func (r *reloader) reload(files []string, load func() error) bool {
 	result := "ok"
 	if err != nil {
 		result = "error"
+	}
+	// Counted before the line is logged, so that whoever reads the line finds it counted.
+	for _, f := range files {
+		r.m.reloads.WithLabelValues(f, result).Inc()
+	}
+	if err != nil {
 		// The message names the file (and line, for a PSK file); the old material stays.
 		r.log.Error().Err(err).Strs("files", files).Msg("reload failed: keeping the previous certificates and keys")
 	} else {
 		r.log.Info().Strs("files", files).Msg("reloaded")
-	}
-	for _, f := range files {
-		r.m.reloads.WithLabelValues(f, result).Inc()
 	}
 	return err == nil
 }
