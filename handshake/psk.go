@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 
 	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
@@ -130,6 +131,16 @@ func (c *replayConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// SyscallConn exposes the socket, so that the pipe can wait for it to become readable
+// without a buffer. The peeked bytes are the ClientHello, consumed by the handshake before
+// anyone waits.
+func (c *replayConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok && len(c.peeked) == 0 {
+		return sc.SyscallConn()
+	}
+	return nil, errors.New("no socket to wait on")
 }
 
 func (c *replayConn) CloseWrite() error {

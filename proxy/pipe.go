@@ -149,10 +149,30 @@ func copyLoop(dst, src net.Conn, waitFirst bool, beforeRead func()) copyResult {
 // waiterFor returns how to wait for src to become readable without a buffer, or nil when
 // src offers no way (then the copier holds a buffer while it waits).
 func waiterFor(src net.Conn) func() error {
-	if w, ok := src.(readWaiter); ok {
+	switch w := src.(type) {
+	case readWaiter:
 		return w.WaitRead
+	case bufferedConn:
+		// A TLS layer that keeps its own buffer (tlspsk): wait on its socket, but only
+		// when it holds nothing a Read could return.
+		wait := socketWaiter(w.NetConn())
+		if wait == nil {
+			return nil
+		}
+		return func() error {
+			if w.Buffered() > 0 {
+				return nil
+			}
+			return wait()
+		}
 	}
 	return socketWaiter(src)
+}
+
+// bufferedConn is a secure conn over a socket that reports what it has buffered.
+type bufferedConn interface {
+	NetConn() net.Conn
+	Buffered() int
 }
 
 // endErr maps a clean end of stream to nil.

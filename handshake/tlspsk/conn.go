@@ -79,13 +79,14 @@ type inHalf struct {
 	mu            sync.Mutex
 	cipher        recordCipher
 	seq           uint64
-	strictVersion bool // a version was negotiated: every record must carry 0x0303
-	sawRecord     bool // the first record has been checked for "is this TLS at all"
-	finishedNext  bool // the next protected record is the peer's Finished
-	raw           []byte
-	rawOff        int    // raw[rawOff:] is received but not yet consumed
-	plain         []byte // application data decrypted but not yet returned
-	hs            []byte // handshake bytes not yet parsed into messages
+	strictVersion bool    // a version was negotiated: every record must carry 0x0303
+	sawRecord     bool    // the first record has been checked for "is this TLS at all"
+	finishedNext  bool    // the next protected record is the peer's Finished
+	raw           []byte  // from recordBufPool once the handshake is over; nil when drained
+	rawp          *[]byte // raw's pool entry, nil when raw is not pooled
+	rawOff        int     // raw[rawOff:] is received but not yet consumed
+	plain         []byte  // application data decrypted but not yet returned
+	hs            []byte  // handshake bytes not yet parsed into messages
 	idle          int
 	err           error // sticky
 }
@@ -223,7 +224,38 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	n := copy(b, c.in.plain)
 	c.in.plain = c.in.plain[n:]
+	if len(c.in.plain) == 0 {
+		c.in.releaseRaw()
+	}
 	return n, nil
+}
+
+// recordBufPool holds record-sized buffers, so that an idle session owns none: Read gives
+// its input buffer back once everything in it was consumed, Write its output buffer once
+// the records are written.
+var recordBufPool = sync.Pool{New: func() any { b := make([]byte, 0, maxRecordBufferLen); return &b }}
+
+// releaseRaw returns the input buffer to the pool when nothing in it is left to read.
+// in.mu is held, and in.plain (which aliases raw) is empty.
+// The handshake's own buffer, which is not pooled, is simply dropped.
+func (in *inHalf) releaseRaw() {
+	if in.raw == nil || in.rawOff != len(in.raw) {
+		return
+	}
+	if in.rawp != nil {
+		*in.rawp = in.raw[:0]
+		recordBufPool.Put(in.rawp)
+	}
+	in.raw, in.rawp, in.rawOff = nil, nil, 0
+}
+
+// Buffered reports how many received bytes the Conn holds that a Read would return or
+// decrypt without touching the network. A caller that waits for the socket to become
+// readable (see NetConn) must Read first while this is not 0.
+func (c *Conn) Buffered() int {
+	c.in.mu.Lock()
+	defer c.in.mu.Unlock()
+	return len(c.in.plain) + len(c.in.raw) - c.in.rawOff
 }
 
 // readApplicationRecord reads one record after the handshake and acts on it.
@@ -429,7 +461,12 @@ func (c *Conn) fill(n int) error {
 		return nil
 	}
 	if in.raw == nil {
-		in.raw = make([]byte, 0, maxRecordBufferLen)
+		if c.hsDone.Load() {
+			in.rawp = recordBufPool.Get().(*[]byte)
+			in.raw = (*in.rawp)[:0]
+		} else {
+			in.raw = make([]byte, 0, maxRecordBufferLen)
+		}
 	}
 	if in.rawOff > 0 {
 		m := copy(in.raw[:cap(in.raw)], in.raw[in.rawOff:])
@@ -595,6 +632,13 @@ func (c *Conn) Write(b []byte) (int, error) {
 		return 0, errShutdown
 	}
 	written := 0
+	bp := recordBufPool.Get().(*[]byte)
+	c.out.buf = (*bp)[:0]
+	defer func() {
+		*bp = c.out.buf[:0] // appendRecord may have grown it
+		recordBufPool.Put(bp)
+		c.out.buf = nil
+	}()
 	for len(b) > 0 {
 		if c.out.seq == math.MaxUint64 {
 			c.out.err = &Error{Reason: ReasonInternal, Err: errSeqExhausted}
