@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -494,8 +495,8 @@ func parseConfigFile(path string, data []byte) (serveConfig, error) {
 	var f fileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
-		return serveConfig{}, fmt.Errorf("config file %s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) { // EOF: an empty file
+		return serveConfig{}, fmt.Errorf("config file %s: %s", path, yamlMessage(err))
 	}
 	var errs []error
 	cfg := serveConfig{
@@ -540,7 +541,10 @@ func parseConfigFile(path string, data []byte) (serveConfig, error) {
 		}
 		names[sp.name] = i
 		addr := sp.transport + " " + sp.listen
-		if j, dup := addrs[addr]; dup {
+		if _, port, _ := net.SplitHostPort(sp.listen); port == "0" {
+			addr = "" // port 0: each listener gets a port of its own from the system
+		}
+		if j, dup := addrs[addr]; dup && addr != "" {
 			errs = append(errs, fmt.Errorf("listeners[%d].listen %q: listeners[%d] listens there too", i, sp.listen, j))
 		}
 		addrs[addr] = i
@@ -550,6 +554,41 @@ func parseConfigFile(path string, data []byte) (serveConfig, error) {
 		return serveConfig{}, fmt.Errorf("config file %s: %w", path, errors.Join(errs...))
 	}
 	return cfg, nil
+}
+
+// yamlTypes name the structs of fileConfig the way a config file's reader knows them.
+var yamlTypes = map[string]string{
+	"fileConfig": "the top level", "listenerFile": "a listener", "adminFile": "admin", "logFile": "log",
+	"tlsFile": "tls", "pskFile": "psk", "policyFile": "policy", "limitsFile": "limits",
+	"timeoutsFile": "timeouts", "dtlsFile": "dtls", "proxyProtocolFile": "proxy_protocol",
+}
+
+var (
+	yamlUnknownField = regexp.MustCompile(`field (\S+) not found in type main\.(\w+)`)
+	yamlTypeName     = regexp.MustCompile(`into main\.(\w+)`)
+)
+
+// yamlMessage is a decoding error of yaml.v3 in the config file's terms: "unknown key
+// client_cert in tls" rather than "field client_cert not found in type main.tlsFile".
+func yamlMessage(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = yamlUnknownField.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := yamlUnknownField.FindStringSubmatch(m)
+		where, ok := yamlTypes[sub[2]]
+		switch {
+		case !ok:
+			return m
+		case sub[2] == "fileConfig":
+			return "unknown key " + sub[1] + " at " + where
+		}
+		return "unknown key " + sub[1] + " in " + where
+	})
+	return yamlTypeName.ReplaceAllStringFunc(msg, func(m string) string {
+		if where, ok := yamlTypes[yamlTypeName.FindStringSubmatch(m)[1]]; ok {
+			return "into " + where
+		}
+		return m
+	})
 }
 
 // commonProblems checks the settings outside the listeners, naming them with key.

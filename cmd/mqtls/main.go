@@ -91,6 +91,7 @@ func newAppWith(stdout, stderr io.Writer, sig signals) *cli.App {
 	commands := []*cli.Command{
 		serveCommand(stdout, sig),
 		checkCommand(stdout),
+		convertCommand(stdout, stderr),
 		pskCommand(stdout),
 		{
 			Name:  "version",

@@ -64,9 +64,12 @@ func loadMaterial(sp listenerSpec, shared *material) (*material, error) {
 type running struct {
 	spec listenerSpec
 	mat  *material
-	srv  *proxy.Server
-	ln   net.Listener
-	done chan error // Serve's result
+	// handshaker is the one the server uses: mat's, or for DTLS the one pion's listener
+	// was built with.
+	handshaker proxy.Handshaker
+	srv        *proxy.Server
+	ln         net.Listener
+	done       chan error // Serve's result
 }
 
 // supervisor owns the listeners of one serve: it starts them, swaps their configuration
@@ -112,6 +115,7 @@ func (v *supervisor) start(sp listenerSpec) (*running, error) {
 		r.ln = ln
 		pc.TrustProxyFrom = sp.proxyFrom
 	}
+	r.handshaker = pc.Handshaker
 	if r.srv, err = proxy.New(pc); err != nil {
 		r.ln.Close()
 		return nil, err
@@ -186,15 +190,27 @@ func (v *supervisor) reconfigure(specs []listenerSpec, drain time.Duration) erro
 			}
 			v.log.Info().Str("listener", sp.name).Msg("listener restarted on its new address")
 		default:
-			mat, err := loadMaterial(sp, nil)
-			if err == nil && sp.transport == "dtls" {
-				err = fmt.Errorf("listener %s: DTLS certificates and keys change only with a restart of the listener; change its address or restart mqtls", sp.name)
+			var mat *material
+			var err error
+			sameFiles := reflect.DeepEqual(old.spec.tls, sp.tls) && old.spec.pskFile == sp.pskFile &&
+				old.spec.pskFormat == sp.pskFormat && old.spec.pskHint == sp.pskHint
+			switch {
+			case sp.transport == "dtls" && !sameFiles:
+				// pion builds the handshake into its listener: new files need a new one.
+				err = fmt.Errorf("listener %s: a DTLS listener's certificate, CA or PSK settings change only with a restart of the listener; change its address or restart mqtls", sp.name)
+			case sameFiles:
+				mat = old.mat // the files are watched and reloaded on their own
+			default:
+				mat, err = loadMaterial(sp, nil)
 			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
 			pc, err := v.proxyConfig(sp, mat)
+			if sp.transport == "dtls" {
+				pc.Handshaker = old.handshaker
+			}
 			if err == nil {
 				err = old.srv.Update(pc)
 			}
@@ -203,7 +219,7 @@ func (v *supervisor) reconfigure(specs []listenerSpec, drain time.Duration) erro
 				continue
 			}
 			v.mu.Lock()
-			old.spec, old.mat = sp, mat
+			old.spec, old.mat, old.handshaker = sp, mat, pc.Handshaker
 			v.mu.Unlock()
 			v.log.Info().Str("listener", sp.name).Msg("listener updated")
 		}
