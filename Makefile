@@ -48,3 +48,10 @@ test:
 
 clean:
 	rm -rf bin
+
+# fuzz runs every fuzz target for FUZZTIME each (default 5 minutes) after the test suite's
+# own checks; CI runs the same pass with 20 s per target. Crashers land in testdata/fuzz.
+FUZZTIME ?= 5m
+.PHONY: fuzz
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./scripts/test.sh

@@ -2,13 +2,15 @@
 # The project's test command (README: ./scripts/test.sh), also what CI runs via .ci/run.
 #
 # It makes sure the real peers the end-to-end tests start are installed (mosquitto, its
-# clients, openssl, gnutls-cli) and the release check's tools (make, file), installing them
-# with apt-get on Debian/Ubuntu when it can, then checks formatting, runs go vet, builds and
-# checks the static release binary (make check-release), runs the whole test suite under the
-# race detector, and a short fuzzing pass over every fuzz target.
+# clients, openssl, gnutls-cli, testssl.sh for the TLS configuration audit) and the release
+# check's tools (make, file), installing them with apt-get on Debian/Ubuntu when it can,
+# then checks formatting, runs go vet, builds and checks the static release binary (make
+# check-release), runs the whole test suite under the race detector, and a short fuzzing
+# pass over every fuzz target.
 #
 # Environment:
-#   FUZZTIME   how long each fuzz target runs (default 10s; 0 or "off" skips fuzzing)
+#   FUZZTIME   how long each fuzz target runs (default 20s; 0 or "off" skips fuzzing;
+#              `make fuzz` runs 5m each)
 #   CI         set by .ci/run; only reported in the summary
 set -euo pipefail
 
@@ -18,13 +20,14 @@ start=$SECONDS
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
-install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin make file"
+install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file"
 
 command -v go >/dev/null 2>&1 || die "go is not installed (see go.mod for the version)"
 
 missing_tools() {
 	local tool out=()
-	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli make file; do
+	# testssl is the command Debian's testssl.sh package installs.
+	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli testssl make file; do
 		# mosquitto lives in /usr/sbin, which is not on every user's PATH.
 		command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || out+=("$tool")
 	done
@@ -50,7 +53,7 @@ if [[ -n $missing ]]; then
 	say "installing test tools (missing: $missing)"
 	if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
 		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin make file
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file
 		# The package may start a system broker on 1883. The tests never use that port (each
 		# starts its own broker on a free one), but do not leave a stray broker running.
 		if port_open 1883; then
@@ -80,7 +83,7 @@ say "go test -race ./..."
 go test -race -count=1 -timeout 15m ./...
 
 fuzzed=0
-fuzztime=${FUZZTIME:-10s}
+fuzztime=${FUZZTIME:-20s}
 if [[ $fuzztime != 0 && $fuzztime != off ]]; then
 	say "fuzzing each target for $fuzztime"
 	# go test -list prints a package's matching names, then "ok <package> <time>".
