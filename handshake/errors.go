@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
 
 // Stable reasons a handshake fails, used as the log `reason` and as metric labels.
@@ -40,6 +42,24 @@ func Reason(err error) string {
 		return e.Reason
 	}
 	return ReasonFailed
+}
+
+// SessionReason returns the stable reason for an error read from or written to an
+// established session when this side refused something the peer did: a renegotiation
+// (renegotiation_refused), a record that failed authentication (bad_record_mac), an
+// oversized or out-of-order record, ... It returns "" for errors that only mean the peer or
+// the socket went away (EOF, deadline, reset, an alert from the peer), which the caller
+// names. Only TLS-PSK sessions say more; crypto/tls's errors carry no stable reason.
+func SessionReason(err error) string {
+	var e *tlspsk.Error
+	if !errors.As(err, &e) || e.Remote {
+		return ""
+	}
+	switch e.Reason {
+	case tlspsk.ReasonEOF, tlspsk.ReasonIO, tlspsk.ReasonCanceled:
+		return ""
+	}
+	return e.Reason
 }
 
 // classify turns what crypto/tls returned into an *Error with the most specific reason.

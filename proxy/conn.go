@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 
@@ -262,6 +263,9 @@ func readReason(err error) string {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return ReasonFirstPacketTimeout
 	}
+	if r := handshake.SessionReason(err); r != "" {
+		return r // e.g. renegotiation_refused: the device did not just close
+	}
 	return ReasonClientClosed
 }
 
@@ -276,7 +280,7 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 	cp, err := policy.ParseConnect(pkt)
 	c.connect = cp
 	c.level = cp.Level
-	c.clientID = string(cp.ClientID)
+	c.clientID = logString(cp.ClientID)
 	var rej *policy.Reject
 	if err != nil && !errors.As(err, &rej) {
 		return nil, c.badFirstPacket(ReasonMalformedPacket, err)
@@ -300,7 +304,7 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 		}
 		c.heldIdentity = d.Identity
 	}
-	c.forwarded = string(d.ClientID)
+	c.forwarded = logString(d.ClientID)
 	return d.Packet, true
 }
 
@@ -409,6 +413,22 @@ func (c *conn) summarize() {
 		BytesOut: c.bytesOut,
 		Duration: time.Since(c.start),
 	})
+}
+
+// maxLogString bounds a peer-chosen string in the audit line: a client ID may be 64 KiB.
+const maxLogString = 256
+
+// logString is b for a log line, cut to maxLogString bytes (at a UTF-8 boundary) with "…"
+// appended when it was longer.
+func logString(b []byte) string {
+	if len(b) <= maxLogString {
+		return string(b)
+	}
+	n := maxLogString
+	for n > 0 && !utf8.RuneStart(b[n]) {
+		n--
+	}
+	return string(b[:n]) + "…"
 }
 
 // isClosed reports the errors every ended connection produces, which add nothing to a log.
