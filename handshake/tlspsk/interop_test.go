@@ -323,27 +323,15 @@ func TestOpenSSLServer(t *testing.T) {
 	)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			port := freePort(t)
-			args := append([]string{"s_server", "-accept", port, "-nocert", "-psk", hex.EncodeToString(testKey),
-				"-psk_identity", testIdentity, "-rev", "-naccept", "1"}, tt.args...)
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, openssl, args...)
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
 			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer cmd.Wait()
-			defer cancel()
-			lines := bufio.NewScanner(stdout)
-			for lines.Scan() && !strings.Contains(lines.Text(), "ACCEPT") {
-			}
-			go io.Copy(io.Discard, stdout) // drainServerOutput
+			port := startPeerServer(t, "ACCEPT", func(ctx context.Context, port string) *exec.Cmd {
+				args := append([]string{"s_server", "-accept", "127.0.0.1:" + port, "-nocert", "-psk", hex.EncodeToString(testKey),
+					"-psk_identity", testIdentity, "-rev", "-naccept", "1"}, tt.args...)
+				cmd := exec.CommandContext(ctx, openssl, args...)
+				stderr.Reset()
+				cmd.Stderr = &stderr
+				return cmd
+			})
 
 			key := testKey
 			if tt.key != nil {
@@ -401,24 +389,12 @@ func TestGnuTLSServer(t *testing.T) {
 	}
 	for _, id := range suites {
 		t.Run(CipherSuiteName(id), func(t *testing.T) {
-			port := freePort(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, serv, "--echo", "--pskpasswd", pskFile, "--priority", "NORMAL:+ECDHE-PSK:+PSK:+AES-128-CCM:+AES-128-CCM-8:+SHA256", "-p", port)
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = cmd.Stdout
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer cmd.Wait()
-			defer cancel()
-			lines := bufio.NewScanner(stdout)
-			for lines.Scan() && !strings.Contains(lines.Text(), "listening") {
-			}
-			go io.Copy(io.Discard, stdout) // drainServerOutput
+			// gnutls-serv binds IPv4 and IPv6 in turn; the IPv4 socket is the one dialled.
+			port := startPeerServer(t, "IPv4 0.0.0.0 port", func(ctx context.Context, port string) *exec.Cmd {
+				cmd := exec.CommandContext(ctx, serv, "--echo", "--pskpasswd", pskFile, "--priority", "NORMAL:+ECDHE-PSK:+PSK:+AES-128-CCM:+AES-128-CCM-8:+SHA256", "-p", port)
+				cmd.Stderr = nil // merged into stdout below
+				return cmd
+			})
 
 			c, err := dialClient(t, net.JoinHostPort("127.0.0.1", port), &ClientConfig{Identity: testIdentity, Key: testKey, Suites: []uint16{id}, OfferETM: true})
 			if err != nil {
@@ -525,6 +501,55 @@ func readMQTTPacket(br *bufio.Reader) ([]byte, error) {
 }
 
 // freePort returns a loopback TCP port that was free a moment ago.
+// startPeerServer starts a peer's TLS server on a free port, made by build, and waits for
+// the output line that contains ready and says the socket is bound ("...done" for
+// gnutls-serv). A port taken between freePort and the peer's bind (other tests run in
+// parallel) is retried with another. The server is stopped when t ends.
+func startPeerServer(t *testing.T, ready string, build func(ctx context.Context, port string) *exec.Cmd) string {
+	t.Helper()
+	var out bytes.Buffer
+	for range 5 {
+		port := freePort(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := build(ctx, port)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if cmd.Stderr == nil {
+			cmd.Stderr = cmd.Stdout
+		}
+		if err := cmd.Start(); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		lines := bufio.NewScanner(stdout)
+		bound := false
+		out.Reset()
+		for lines.Scan() {
+			line := lines.Text()
+			out.WriteString(line + "\n")
+			if strings.Contains(line, ready) {
+				bound = !strings.Contains(line, "failed")
+				break
+			}
+		}
+		go io.Copy(io.Discard, stdout) // drainServerOutput
+		if bound {
+			t.Cleanup(func() {
+				cancel()
+				_ = cmd.Wait()
+			})
+			return port
+		}
+		cancel()
+		_ = cmd.Wait()
+	}
+	t.Fatalf("the peer server did not bind a port in 5 tries:\n%s", out.String())
+	return ""
+}
+
 func freePort(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
