@@ -38,7 +38,8 @@ type conn struct {
 
 	// What the audit line reports; written only by the serving goroutine until pipe
 	// starts, then by the two copiers (one field each) before serve reads them.
-	log       zerolog.Logger
+	remote    string // the device's address for logs (the PROXY header's client, if any)
+	proxiedBy string // the load balancer that sent a PROXY header, "" if none
 	outcome   string
 	reason    string
 	ident     handshake.Identity
@@ -58,7 +59,22 @@ type conn struct {
 
 // dropped logs a datagram the framing layer dropped; the audit line counts them.
 func (c *conn) dropped(err error) {
-	c.log.Debug().Str(fieldReason, "datagram_not_whole_packets").Err(err).Msg("datagram dropped")
+	l := c.logger()
+	l.Debug().Str(fieldReason, "datagram_not_whole_packets").Err(err).Msg("datagram dropped")
+}
+
+// logger builds the connection's child logger when a line is written, rather than once
+// per connection: a logger held by every session would cost each idle one its context
+// buffer. Only the serving goroutine calls it.
+func (c *conn) logger() zerolog.Logger {
+	ctx := c.srv.log.With().Uint64(fieldConnID, c.id).Str(fieldRemote, c.remote)
+	if c.proxiedBy != "" {
+		ctx = ctx.Str("proxied_by", c.proxiedBy)
+	}
+	if c.secured {
+		ctx = ctx.Str(fieldIdentity, c.identity)
+	}
+	return ctx.Logger()
 }
 
 // abort closes the connection's sockets so that whatever it is blocked on returns.
@@ -103,7 +119,7 @@ func (c *conn) serve() {
 	s := c.srv
 	defer s.forget(c)
 	defer c.device.Close()
-	c.log = s.log.With().Uint64(fieldConnID, c.id).Str(fieldRemote, c.device.RemoteAddr().String()).Logger()
+	c.remote = c.device.RemoteAddr().String()
 	defer c.audit()
 
 	if len(c.cfg.TrustProxyFrom) > 0 && trustsProxy(c.cfg.TrustProxyFrom, c.device.RemoteAddr()) && !c.acceptProxyHeader() {
@@ -147,6 +163,8 @@ func (c *conn) serve() {
 		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
 		return
 	}
+	// The parsed CONNECT aliases the packet's bytes: let a long session not keep them.
+	c.connect = policy.Connect{Level: c.connect.Level}
 	c.pipe(secure, up)
 }
 
@@ -169,8 +187,7 @@ func (c *conn) acceptProxyHeader() bool {
 		c.device = &realTCPConn{TCPConn: tc, remote: h.SourceAddr}
 		c.mu.Unlock()
 	}
-	c.log = c.srv.log.With().Uint64(fieldConnID, c.id).Str(fieldRemote, h.SourceAddr.String()).
-		Str("proxied_by", lb).Logger()
+	c.remote, c.proxiedBy = h.SourceAddr.String(), lb
 	c.srv.mu.Lock()
 	limited := c.srv.perIP != nil && !c.srv.perIP.allow(h.SourceAddr, time.Now())
 	c.srv.mu.Unlock()
@@ -216,7 +233,6 @@ func (c *conn) handshake() (net.Conn, bool) {
 	c.mu.Unlock()
 	c.ident = id
 	c.identity = c.cfg.Policy.Template().Render(id)
-	c.log = c.log.With().Str(fieldIdentity, c.identity).Logger()
 	return secure, true
 }
 
@@ -361,7 +377,8 @@ func (c *conn) audit() {
 	}
 	// The hooks (metrics) first: whoever reads the audit line then finds it counted.
 	c.summarize()
-	ev := c.log.Info()
+	l := c.logger()
+	ev := l.Info()
 	ev = ev.Str(fieldOutcome, c.outcome).
 		Str(fieldReason, c.reason).
 		Str(fieldIdentityKind, c.ident.Kind.String())
