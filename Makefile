@@ -55,3 +55,24 @@ FUZZTIME ?= 5m
 .PHONY: fuzz
 fuzz:
 	FUZZTIME=$(FUZZTIME) ./scripts/test.sh
+
+# bench-peers measures mqtls against stunnel, HAProxy, nginx stream and Mosquitto's own TLS
+# listener on this machine and rewrites BENCHMARKS.md (installs the peers with apt-get when
+# missing; about 10 minutes). BENCH_ARGS=--quick for a short run, e.g.
+# make bench-peers BENCH_ARGS="--quick --work /tmp/bench".
+.PHONY: bench-peers
+bench-peers:
+	./scripts/bench-peers.sh $(BENCH_ARGS)
+
+# soak runs TestSoak (cmd/mqtls/soak_e2e_test.go) for MQTLS_SOAK with MQTLS_SOAK_DEVICES
+# devices: the real binary in front of a real Mosquitto while the broker is killed and
+# restarted, the certificates and PSK file rotated, the TCP listeners flooded and half the
+# DTLS devices run over a lossy relay, one round of faults a minute. CI runs the same test
+# for a minute with 300 devices. No -race here: the race detector allows 8128 goroutines
+# per process, fewer than 3000 devices need.
+MQTLS_SOAK ?= 10m
+MQTLS_SOAK_DEVICES ?= 3000
+.PHONY: soak
+soak:
+	PATH="$$PATH:/usr/sbin" MQTLS_SOAK=$(MQTLS_SOAK) MQTLS_SOAK_DEVICES=$(MQTLS_SOAK_DEVICES) \
+		go test -count=1 -timeout 3h -run '^TestSoak$$' -v ./cmd/mqtls
