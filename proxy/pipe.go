@@ -116,6 +116,13 @@ func copyToDevice(dst, src net.Conn) copyResult {
 
 func copyLoop(dst, src net.Conn, waitFirst bool, beforeRead func()) copyResult {
 	var r copyResult
+	if _, secure := src.(readWaiter); !secure {
+		if _, secure := src.(bufferedConn); !secure {
+			if sr := newSocketReader(src); sr != nil {
+				return copySocket(dst, sr, beforeRead)
+			}
+		}
+	}
 	wait := waiterFor(src)
 	for first := true; ; first = false {
 		if beforeRead != nil {
@@ -141,6 +148,28 @@ func copyLoop(dst, src net.Conn, waitFirst bool, beforeRead func()) copyResult {
 		bufPool.Put(bp)
 		if rerr != nil {
 			r.err = endErr(rerr)
+			return r
+		}
+	}
+}
+
+// copySocket is copyLoop for a plain socket source: one read system call per chunk.
+func copySocket(dst net.Conn, src *socketReader, beforeRead func()) copyResult {
+	var r copyResult
+	for {
+		if beforeRead != nil {
+			beforeRead()
+		}
+		bp, n, err := src.read()
+		if err != nil {
+			r.err = endErr(err)
+			return r
+		}
+		nw, werr := dst.Write((*bp)[:n])
+		bufPool.Put(bp)
+		r.n += int64(nw)
+		if werr != nil {
+			r.err = werr
 			return r
 		}
 	}
