@@ -224,20 +224,27 @@ func TestIdleSessionMemory(t *testing.T) {
 			_ = dev.SetDeadline(time.Time{})
 		}
 	}
-	// The first sessions pay one-off costs (pools, caches, lazily built tables): measure
-	// from after them.
-	open(warm)
-	heap0, stack0, g0 := memory()
-	open(sessions)
-	heap1, stack1, g1 := memory()
-
-	heapPer := (int64(heap1) - int64(heap0)) / sessions
-	stackPer := (int64(stack1) - int64(stack0)) / sessions
-	t.Logf("idle session, both ends: heap in use %.1f KiB, goroutine stacks %.1f KiB (%.1f goroutines)",
-		float64(heapPer)/1024, float64(stackPer)/1024, float64(g1-g0)/sessions)
+	heapPer := idleCost(t, "idle session", warm, sessions, open)
 	if heapPer > perSessionLimit {
 		t.Errorf("an idle session costs %d bytes of heap, want at most %d", heapPer, perSessionLimit)
 	}
+}
+
+// idleCost opens warm sessions, then n more, and returns the heap each of the n holds
+// (both ends: they are all in this process), logging it with the stacks and goroutines.
+// The first sessions pay one-off costs (pools, caches, lazily built tables): the
+// measurement starts after them.
+func idleCost(t *testing.T, what string, warm, n int, open func(int)) int64 {
+	t.Helper()
+	open(warm)
+	heap0, stack0, g0 := memory()
+	open(n)
+	heap1, stack1, g1 := memory()
+	heapPer := (int64(heap1) - int64(heap0)) / int64(n)
+	stackPer := (int64(stack1) - int64(stack0)) / int64(n)
+	t.Logf("%s, both ends: heap in use %.1f KiB, goroutine stacks %.1f KiB (%.1f goroutines)",
+		what, float64(heapPer)/1024, float64(stackPer)/1024, float64(g1-g0)/float64(n))
+	return heapPer
 }
 
 // memory returns the heap and stack memory in use after collecting garbage twice (the
@@ -303,14 +310,7 @@ func TestIdlePSKSessionMemory(t *testing.T) {
 			_ = dev.SetDeadline(time.Time{})
 		}
 	}
-	open(warm)
-	heap0, stack0, g0 := memory()
-	open(sessions)
-	heap1, stack1, g1 := memory()
-	heapPer := (int64(heap1) - int64(heap0)) / sessions
-	stackPer := (int64(stack1) - int64(stack0)) / sessions
-	t.Logf("idle PSK session, both ends: heap in use %.1f KiB, goroutine stacks %.1f KiB (%.1f goroutines)",
-		float64(heapPer)/1024, float64(stackPer)/1024, float64(g1-g0)/sessions)
+	heapPer := idleCost(t, "idle PSK session", warm, sessions, open)
 	if heapPer > perSessionLimit {
 		t.Errorf("an idle PSK session costs %d bytes of heap, want at most %d", heapPer, perSessionLimit)
 	}

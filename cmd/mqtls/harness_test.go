@@ -248,33 +248,7 @@ type server struct {
 // the address it listens on. The server is stopped (and must stop cleanly) when t ends.
 func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
-	s := &server{logs: newLineLog(), stderr: newLineLog(), done: make(chan struct{})}
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	argv := append([]string{"mqtls", "serve", "--listen", "127.0.0.1:0", "--log-level", "debug"}, args...)
-	go func() {
-		defer close(s.done)
-		s.err = newApp(s.logs, s.stderr).RunContext(ctx, argv)
-	}()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("mqtls %s\nstdout:\n%s\nstderr:\n%s", strings.Join(argv[1:], " "), s.logs, s.stderr)
-		}
-	})
-	t.Cleanup(func() { s.stop(t) })
-
-	line, ok := s.logs.wait(waitTimeout, s.done, func(line string) bool {
-		e, ok := parseEntry(line)
-		return ok && e.str("message") == "listening" && e.str("addr") != "" && e.str("listener") == "tcp"
-	})
-	if !ok {
-		s.cancel()
-		<-s.done
-		t.Fatalf("mqtls did not log \"listening\" (RunContext returned %v)", s.err)
-	}
-	e, _ := parseEntry(line)
-	s.addr, s.listener = e.str("addr"), e.str("listener")
-	return s
+	return startServerWith(t, signals{}, args...)
 }
 
 // stop cancels the server's context and waits for RunContext to return.
