@@ -276,7 +276,7 @@ func (c *conn) readConnect(secure net.Conn) ([]byte, bool) {
 }
 
 func readReason(err error) string {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	if isTimeout(err) {
 		return ReasonFirstPacketTimeout
 	}
 	if r := handshake.SessionReason(err); r != "" {
@@ -430,6 +430,13 @@ func (c *conn) summarize() {
 		BytesOut: c.bytesOut,
 		Duration: time.Since(c.start),
 	})
+}
+
+// isTimeout reports a deadline that passed. pion's DTLS conn reports its own timeout
+// error, not os.ErrDeadlineExceeded, but as a net.Error with Timeout.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // maxLogString bounds a peer-chosen string in the audit line: a client ID may be 64 KiB.

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -51,7 +50,7 @@ func (c *conn) pipe(device, up net.Conn) {
 	switch {
 	case toUpstream.err != nil && c.endedBy == "device":
 		c.err = toUpstream.err
-		if errors.Is(c.err, os.ErrDeadlineExceeded) && !c.closing.Load() {
+		if isTimeout(c.err) && !c.closing.Load() {
 			c.reason = ReasonIdleTimeout
 		}
 	case toDevice.err != nil && c.endedBy == "upstream":
