@@ -31,10 +31,9 @@ type conn struct {
 	mu       sync.Mutex
 	upstream net.Conn // set once dialled, for abort
 	aborted  bool
-	secured  bool               // the handshake succeeded; ident is set
-	revoked  bool               // closed by CloseMatching
-	proven   handshake.Identity // copy of ident for CloseMatching, under mu
-	closing  atomic.Bool        // a close deadline is armed on the device; idle no longer applies
+	secured  bool        // the handshake succeeded; ident is set (under mu, for CloseMatching)
+	revoked  bool        // closed by CloseMatching
+	closing  atomic.Bool // a close deadline is armed on the device; idle no longer applies
 
 	// What the audit line reports; written only by the serving goroutine until pipe
 	// starts, then by the two copiers (one field each) before serve reads them.
@@ -93,7 +92,7 @@ func (c *conn) abort() {
 func (c *conn) identityIfSecured() (handshake.Identity, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.proven, c.secured
+	return c.ident, c.secured
 }
 
 // revoke closes the session because its credentials are no longer valid.
@@ -229,9 +228,8 @@ func (c *conn) handshake() (net.Conn, bool) {
 		h(c.cfg.name(), sessionKind(id.DTLS, id.Kind.String()), "", took)
 	}
 	c.mu.Lock()
-	c.proven, c.secured = id, true
+	c.ident, c.secured = id, true
 	c.mu.Unlock()
-	c.ident = id
 	c.identity = c.cfg.Policy.Template().Render(id)
 	return secure, true
 }

@@ -113,16 +113,22 @@ func copyToDevice(dst, src net.Conn) copyResult {
 	return copyLoop(dst, src, true, nil)
 }
 
+// copyLoop copies src to dst until src ends, waiting for input without a buffer where src
+// allows: a secure conn through WaitRead or its socket, a plain socket by reading inside
+// the poller's callback (copySocket).
 func copyLoop(dst, src net.Conn, waitFirst bool, beforeRead func()) copyResult {
-	var r copyResult
-	if _, secure := src.(readWaiter); !secure {
-		if _, secure := src.(bufferedConn); !secure {
-			if sr := newSocketReader(src); sr != nil {
-				return copySocket(dst, sr, beforeRead)
-			}
+	var wait func() error
+	switch s := src.(type) {
+	case readWaiter:
+		wait = s.WaitRead
+	case bufferedConn:
+		wait = bufferedWaiter(s)
+	default:
+		if sr := newSocketReader(src); sr != nil {
+			return copySocket(dst, sr, beforeRead)
 		}
 	}
-	wait := waiterFor(src)
+	var r copyResult
 	for first := true; ; first = false {
 		if beforeRead != nil {
 			beforeRead()
@@ -174,27 +180,20 @@ func copySocket(dst net.Conn, src *socketReader, beforeRead func()) copyResult {
 	}
 }
 
-// waiterFor returns how to wait for src to become readable without a buffer, or nil when
-// src offers no way (then the copier holds a buffer while it waits).
-func waiterFor(src net.Conn) func() error {
-	switch w := src.(type) {
-	case readWaiter:
-		return w.WaitRead
-	case bufferedConn:
-		// A TLS layer that keeps its own buffer (tlspsk): wait on its socket, but only
-		// when it holds nothing a Read could return.
-		wait := socketWaiter(w.NetConn())
-		if wait == nil {
+// bufferedWaiter waits on the socket under a TLS layer that keeps its own buffer
+// (tlspsk), but only when that buffer holds nothing a Read could return. It returns nil
+// (the copier then holds a buffer while it waits) when there is no socket to wait on.
+func bufferedWaiter(c bufferedConn) func() error {
+	wait := socketWaiter(c.NetConn())
+	if wait == nil {
+		return nil
+	}
+	return func() error {
+		if c.Buffered() > 0 {
 			return nil
 		}
-		return func() error {
-			if w.Buffered() > 0 {
-				return nil
-			}
-			return wait()
-		}
+		return wait()
 	}
-	return socketWaiter(src)
 }
 
 // bufferedConn is a secure conn over a socket that reports what it has buffered.

@@ -194,9 +194,6 @@ func TestHalfClose(t *testing.T) {
 // session has been used (one round trip each way) before it goes idle, so the buffers were
 // borrowed at least once. Goroutine stacks are not heap; they are logged, not checked.
 func TestIdleSessionMemory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("opens 220 mutual-TLS sessions")
-	}
 	checkGoroutines(t)
 	const (
 		warm     = 20

@@ -215,9 +215,6 @@ func checkGoroutines(t *testing.T, before int) {
 // TestEndToEnd runs conns, ping and bulk through an in-process mqtls in front of the sink,
 // pub through one in front of a broker, and the PSK modes, all small.
 func TestEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end to end")
-	}
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() { checkGoroutines(t, before) })
 	p := newTestPKI(t)

@@ -188,9 +188,6 @@ func TestProcFiles(t *testing.T) {
 }
 
 func TestProcSelf(t *testing.T) {
-	if _, err := os.Stat("/proc/self/smaps_rollup"); err != nil {
-		t.Skip("no /proc/self/smaps_rollup on this system")
-	}
 	m, err := memory(os.Getpid())
 	if err != nil || m.RSS <= 0 || m.PSS <= 0 {
 		t.Fatalf("memory(self) = %+v, %v", m, err)

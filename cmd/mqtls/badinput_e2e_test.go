@@ -106,30 +106,17 @@ func firstRecordOf(t *testing.T, handshake func(net.Conn) error) []byte {
 // exposition writes it, `name{label="value",...}` with the labels sorted by name.
 type metricSeries map[string]float64
 
-// scrapeMetrics GETs http://admin/metrics.
+// scrapeMetrics GETs http://admin/metrics and keys each sample by its series.
 func scrapeMetrics(t *testing.T, admin string) metricSeries {
 	t.Helper()
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: waitTimeout}
-	resp, err := client.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %d, %v", resp.StatusCode, err)
-	}
+	a := &adminClient{base: "http://" + admin, http: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: waitTimeout}}
 	m := metricSeries{}
-	for _, line := range strings.Split(string(body), "\n") {
-		if line == "" || line[0] == '#' {
-			continue
+	for _, s := range a.metrics(t) {
+		var labels []string
+		for k, v := range s.labels {
+			labels = append(labels, k, v)
 		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if i < 0 || err != nil {
-			t.Fatalf("/metrics line %q: no value", line)
-		}
-		m[line[:i]] = v
+		m[series(s.name, labels...)] += s.value
 	}
 	return m
 }
