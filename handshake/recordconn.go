@@ -36,7 +36,21 @@ type recordConn struct {
 	readFn func(fd uintptr) bool
 	n      int
 	rerr   error
+
+	// nonblock makes fill return errWouldBlock instead of waiting for the socket (TryRead).
+	nonblock bool
+	tryFn    func(fd uintptr) bool
 }
+
+// errWouldBlock is what a non-blocking fill returns when the socket has nothing. It is a
+// temporary net.Error, so crypto/tls hands it up without marking the conn as failed.
+var errWouldBlock error = wouldBlockError{}
+
+type wouldBlockError struct{}
+
+func (wouldBlockError) Error() string   { return "handshake: no input ready" }
+func (wouldBlockError) Timeout() bool   { return true }
+func (wouldBlockError) Temporary() bool { return true }
 
 const (
 	recordHeaderLen = 5
@@ -53,6 +67,7 @@ func newRecordConn(c net.Conn) *recordConn {
 		if raw, err := sc.SyscallConn(); err == nil {
 			rc.raw = raw
 			rc.readFn = rc.rawRead
+			rc.tryFn = func(fd uintptr) bool { rc.rawRead(fd); return true }
 		}
 	}
 	return rc
@@ -153,9 +168,16 @@ func (c *recordConn) fill() error {
 		c.release()
 		return err
 	}
-	err := c.raw.Read(c.readFn)
+	fn := c.readFn
+	if c.nonblock {
+		fn = c.tryFn
+	}
+	err := c.raw.Read(fn)
 	n, rerr := c.n, c.rerr
 	switch {
+	case err == nil && rerr == syscall.EAGAIN:
+		c.r, c.w = 0, 0
+		return errWouldBlock
 	case err == nil && rerr == nil && n > 0:
 		c.r, c.w = 0, n
 		return nil

@@ -348,6 +348,22 @@ type Conn struct {
 // returns without waiting on the network, so the pipe can borrow a buffer only then.
 func (c *Conn) WaitRead() error { return c.rec.waitRead() }
 
+// TryRead is Read that never waits for the network: when neither crypto/tls nor the socket
+// has input it returns 0 and an error for which IsWouldBlock is true. WaitRead cannot see
+// plaintext crypto/tls already holds (the rest of the record a CONNECT arrived in), so the
+// pipe asks once with TryRead, rather than parking in a Read that holds its buffer.
+func (c *Conn) TryRead(p []byte) (int, error) {
+	if c.rec.raw == nil { // no socket to ask: an ordinary Read
+		return c.Conn.Read(p)
+	}
+	c.rec.nonblock = true
+	defer func() { c.rec.nonblock = false }()
+	return c.Conn.Read(p)
+}
+
+// IsWouldBlock reports whether err is TryRead finding nothing to read.
+func IsWouldBlock(err error) bool { return errors.Is(err, errWouldBlock) }
+
 // CloseWrite sends close_notify and then half-closes the TCP connection underneath, so the
 // device sees both the TLS and the TCP end of the stream.
 func (c *Conn) CloseWrite() error {

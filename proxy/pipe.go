@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/proxy/datagram"
 )
 
@@ -102,21 +103,50 @@ func (c *conn) idleArm() func() {
 	}
 }
 
-// copyToUpstream moves the device's bytes to the broker. The first Read skips the wait:
-// the secure conn may still hold the rest of the record the CONNECT arrived in.
+// copyToUpstream moves the device's bytes to the broker. The secure conn may still hold
+// the rest of the record the CONNECT arrived in, which no wait would report: that is
+// taken first, without waiting.
 func copyToUpstream(dst, src net.Conn, beforeRead func()) copyResult {
-	return copyLoop(dst, src, false, beforeRead)
+	var r copyResult
+	if t, ok := src.(tryReader); ok {
+		bp := bufPool.Get().(*[]byte)
+		n, err := t.TryRead(*bp)
+		if n > 0 {
+			r.n, r.err = writeAll(dst, (*bp)[:n])
+		}
+		bufPool.Put(bp)
+		if r.err != nil {
+			return r
+		}
+		if err != nil && !handshake.IsWouldBlock(err) {
+			r.err = endErr(err)
+			return r
+		}
+	}
+	rest := copyLoop(dst, src, beforeRead)
+	rest.n += r.n
+	return rest
 }
 
 // copyToDevice moves the broker's bytes to the device.
 func copyToDevice(dst, src net.Conn) copyResult {
-	return copyLoop(dst, src, true, nil)
+	return copyLoop(dst, src, nil)
+}
+
+// tryReader is a secure conn that can read without waiting for the network
+// (handshake.Conn.TryRead).
+type tryReader interface{ TryRead([]byte) (int, error) }
+
+func writeAll(dst net.Conn, b []byte) (int64, error) {
+	n, err := dst.Write(b)
+	return int64(n), err
 }
 
 // copyLoop copies src to dst until src ends, waiting for input without a buffer where src
 // allows: a secure conn through WaitRead or its socket, a plain socket by reading inside
-// the poller's callback (copySocket).
-func copyLoop(dst, src net.Conn, waitFirst bool, beforeRead func()) copyResult {
+// the poller's callback (copySocket). Only a src with no way to wait (a DTLS conn, whose
+// reads come from a shared socket) is read with a buffer held across the wait.
+func copyLoop(dst, src net.Conn, beforeRead func()) copyResult {
 	var wait func() error
 	switch s := src.(type) {
 	case readWaiter:
@@ -129,11 +159,11 @@ func copyLoop(dst, src net.Conn, waitFirst bool, beforeRead func()) copyResult {
 		}
 	}
 	var r copyResult
-	for first := true; ; first = false {
+	for {
 		if beforeRead != nil {
 			beforeRead()
 		}
-		if wait != nil && (waitFirst || !first) {
+		if wait != nil {
 			if err := wait(); err != nil {
 				r.err = endErr(err)
 				return r
