@@ -30,6 +30,8 @@ type conn struct {
 
 	mu       sync.Mutex
 	upstream net.Conn // set once dialled, for abort
+	secure   net.Conn // the handshake's conn, nil until it succeeds
+	park     *parkedPipe
 	aborted  bool
 	secured  bool        // the handshake succeeded; ident is set (under mu, for CloseMatching)
 	revoked  bool        // closed by CloseMatching
@@ -85,6 +87,9 @@ func (c *conn) abort() {
 	if c.upstream != nil {
 		c.upstream.Close()
 	}
+	if c.park != nil { // parked sockets wait in epoll, which does not report a close
+		c.park.wake()
+	}
 }
 
 // identityIfSecured returns the session's identity once its handshake succeeded. The
@@ -115,37 +120,54 @@ func (c *conn) setUpstream(u net.Conn) bool {
 
 // serve runs the connection's whole life: handshake, first packet, bind, dial, pipe.
 func (c *conn) serve() {
-	s := c.srv
-	defer s.forget(c)
-	defer c.device.Close()
-	c.remote = c.device.RemoteAddr().String()
-	defer c.audit()
+	if c.run() {
+		return // parked: the pipe finishes the connection when both directions end
+	}
+	c.finish()
+}
 
+// finish ends every connection, on whichever goroutine saw it end: the sockets closed, the
+// audit line written, its place among the server's connections given up.
+func (c *conn) finish() {
+	if c.upstream != nil {
+		c.upstream.Close()
+	}
+	if c.secure != nil {
+		c.secure.Close()
+	}
+	c.audit()
+	c.device.Close()
+	c.srv.forget(c)
+}
+
+// run takes the connection from accept to the pipe. It reports whether the pipe parked the
+// session, which then calls finish itself.
+func (c *conn) run() (parked bool) {
+	c.remote = c.device.RemoteAddr().String()
 	if len(c.cfg.TrustProxyFrom) > 0 && trustsProxy(c.cfg.TrustProxyFrom, c.device.RemoteAddr()) && !c.acceptProxyHeader() {
-		return
+		return false
 	}
 	secure, ok := c.handshake()
 	if !ok {
-		return
+		return false
 	}
-	defer secure.Close()
+	c.secure = secure
 	if c.cfg.Datagram {
 		c.dgram = datagram.New(secure, datagram.Options{MaxDatagram: c.cfg.MaxDatagram, OnDrop: c.dropped})
 		secure = c.dgram
 	}
 	pkt, ok := c.readConnect(secure)
 	if !ok {
-		return
+		return false
 	}
 	out, ok := c.bind(secure, pkt)
 	if !ok {
-		return
+		return false
 	}
 	up, ok := c.dial(secure)
 	if !ok {
-		return
+		return false
 	}
-	defer up.Close()
 	// The device's deadline covered the handshake and the first packet; from here on an
 	// idle session is the broker's business (keep-alive), not ours.
 	_ = c.device.SetDeadline(time.Time{})
@@ -154,17 +176,17 @@ func (c *conn) serve() {
 		hdr, err := proxyHeaderFor(v, c.device.RemoteAddr(), c.device.LocalAddr(), c.ident)
 		if err != nil {
 			c.endedBy, c.err = "upstream", fmt.Errorf("building PROXY header: %w", err)
-			return
+			return false
 		}
 		out = append(hdr, out...)
 	}
 	if _, err := up.Write(out); err != nil {
 		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
-		return
+		return false
 	}
 	// The parsed CONNECT aliases the packet's bytes: let a long session not keep them.
 	c.connect = policy.Connect{Level: c.connect.Level}
-	c.pipe(secure, up)
+	return c.pipe(secure, up)
 }
 
 // acceptProxyHeader reads the PROXY header a trusted load balancer put before the TLS

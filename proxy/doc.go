@@ -4,5 +4,8 @@
 //
 // It is the accept and pipe ends of accept → handshake → bind → pipe. It knows nothing
 // about cipher suites (handshake does) and decides nothing about identities (policy does).
-// The pipe is built for fleets of mostly idle devices: a waiting session holds no copy buffer.
+// The pipe is built for fleets of mostly idle devices: a waiting session holds no copy
+// buffer, and on Linux no goroutine either. Its two sockets wait in one epoll set shared by
+// the process (park_linux.go), and a goroutine runs only while bytes move. Sessions that
+// cannot park (DTLS, TLS-PSK, other systems) are piped by two goroutines.
 package proxy

@@ -117,7 +117,9 @@ func relevantGoroutines() []string {
 			!strings.Contains(g, "github.com/mqtls/mqtls/proxy"),
 			strings.Contains(g, "testing.tRunner("),
 			strings.Contains(g, "testing.(*M)."),
-			strings.Contains(g, "testing.(*B)."):
+			strings.Contains(g, "testing.(*B)."),
+			// the process's shared epoll loop for parked sessions, started once and kept
+			strings.Contains(g, "proxy.(*poller).loop"):
 			continue
 		}
 		out = append(out, g)

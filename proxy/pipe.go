@@ -27,7 +27,12 @@ type closeWriter interface{ CloseWrite() error }
 // pipe copies both ways until both directions end. When one side finishes cleanly its
 // end is passed on as a half-close (close_notify and FIN towards the device, FIN towards
 // the broker) and the other direction gets CloseTimeout to finish; any error ends both.
-func (c *conn) pipe(device, up net.Conn) {
+// It reports whether the session was parked (parkPipe), in which case it returns at once
+// and the connection is finished by whichever direction ends last.
+func (c *conn) pipe(device, up net.Conn) (parked bool) {
+	if c.parkPipe(device, up) {
+		return true
+	}
 	// Each copier says it ended before it passes the end on: once the peer has seen the
 	// half-close it may end the other direction at once, and that must not be taken for
 	// the side that ended first.
@@ -45,7 +50,12 @@ func (c *conn) pipe(device, up net.Conn) {
 	c.halfClose(up, device, toUpstream, up)
 	<-done
 	c.endedBy = <-ended
+	c.settle(toDevice, toUpstream)
+	return false
+}
 
+// settle records how the pipe ended, once both directions have.
+func (c *conn) settle(toDevice, toUpstream copyResult) {
 	c.bytesIn += toUpstream.n
 	c.bytesOut += toDevice.n
 	switch {
@@ -68,20 +78,22 @@ func (c *conn) pipe(device, up net.Conn) {
 }
 
 // halfClose passes a finished direction's end on to dst. other is the socket the opposite
-// direction reads from: it gets a deadline after a clean end, and is closed after an error
-// so that the opposite copier returns at once.
-func (c *conn) halfClose(dst, src net.Conn, r copyResult, other net.Conn) {
+// direction reads from: it gets a deadline after a clean end, which is returned, and is
+// closed after an error so that the opposite copier returns at once.
+func (c *conn) halfClose(dst, src net.Conn, r copyResult, other net.Conn) (deadline time.Time, ok bool) {
 	if r.err == nil {
 		if cw, ok := dst.(closeWriter); ok && cw.CloseWrite() == nil {
 			c.closing.Store(true)
-			_ = other.SetReadDeadline(time.Now().Add(orDuration(c.cfg.CloseTimeout, DefaultCloseTimeout)))
-			return
+			deadline = time.Now().Add(orDuration(c.cfg.CloseTimeout, DefaultCloseTimeout))
+			_ = other.SetReadDeadline(deadline)
+			return deadline, true
 		}
 	}
 	// An error, or a conn that cannot half-close: nothing more can flow either way.
 	_ = dst.Close()
 	_ = src.Close()
 	_ = other.Close()
+	return time.Time{}, false
 }
 
 type copyResult struct {

@@ -320,3 +320,49 @@ func TestIdlePSKSessionMemory(t *testing.T) {
 		t.Errorf("an idle PSK session costs %d bytes of heap, want at most %d", heapPer, perSessionLimit)
 	}
 }
+
+// TestIdleTimeout: a session from which the device sends nothing for IdleTimeout is ended
+// with reason idle_timeout, and one that keeps sending is not, however long it lasts. Idle
+// sessions wait without a goroutine on Linux, so the deadline has to wake them.
+func TestIdleTimeout(t *testing.T) {
+	checkGoroutines(t)
+	const idle = 300 * time.Millisecond
+	connect := connectPacket(4, deviceCN)
+	msg := publishPacket("t", []byte("still here"))
+	b := startBroker(t, "tcp", "", nil)
+	p := startProxy(t, b.upstream(), policy.Config{}, func(c *proxy.Config) { c.IdleTimeout = idle })
+	dev := dialDevice(t, p.addr, deviceConfig())
+	up := openSession(t, dev, b, connect, nil)
+
+	// Busy for three idle timeouts: every message arrives, nothing ends.
+	start := time.Now()
+	sent := 0
+	var last time.Time
+	for time.Since(start) < 3*idle {
+		last = time.Now()
+		mustWrite(t, dev, msg)
+		if got := mustRead(t, up, len(msg)); !bytes.Equal(got, msg) {
+			t.Fatalf("the broker received % x, want % x", got, msg)
+		}
+		sent++
+		time.Sleep(idle / 4)
+	}
+	// Then silent: the session ends, no sooner than the idle timeout after the last byte.
+	if rest := readEOF(t, dev); len(rest) != 0 {
+		t.Errorf("the device received % x, want the end of stream", rest)
+	}
+	if took := time.Since(last); took < idle {
+		t.Errorf("the session ended %v after the device's last message, before the %v idle timeout", took, idle)
+	}
+	p.log.waitAudit(t, auditLine{
+		Outcome:           proxy.OutcomeForwarded,
+		Reason:            proxy.ReasonIdleTimeout,
+		Identity:          deviceCN,
+		MQTTLevel:         4,
+		ClientID:          deviceCN,
+		ClientIDForwarded: deviceCN,
+		BytesIn:           int64(len(connect) + sent*len(msg)),
+		BytesOut:          int64(len(connackAccepted)),
+		EndedBy:           "device",
+	})
+}

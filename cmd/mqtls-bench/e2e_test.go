@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/handshake/handshaketest"
+	"github.com/mqtls/mqtls/internal/leakcheck"
 	"github.com/mqtls/mqtls/policy"
 	"github.com/mqtls/mqtls/proxy"
 )
@@ -200,23 +200,11 @@ func num(t *testing.T, m map[string]any, path string) float64 {
 	return v
 }
 
-func checkGoroutines(t *testing.T, before int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestEndToEnd runs conns, ping and bulk through an in-process mqtls in front of the sink,
 // pub through one in front of a broker, and the PSK modes, all small.
 func TestEndToEnd(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() { checkGoroutines(t, before) })
+	before := leakcheck.Count()
+	t.Cleanup(func() { leakcheck.Check(t, before) })
 	p := newTestPKI(t)
 	sink := startSink(t)
 	broker := startBroker(t)

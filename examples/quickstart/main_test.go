@@ -3,17 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"github.com/mqtls/mqtls/internal/leakcheck"
 )
 
 // TestRun runs the example end to end and checks that the story it tells is the one the
 // package comment promises, and that it leaves nothing running.
 func TestRun(t *testing.T) {
-	before := runtime.NumGoroutine()
+	before := leakcheck.Count()
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 
@@ -40,13 +40,13 @@ func TestRun(t *testing.T) {
 	if n := strings.Count(logs.String(), `"message":"connection"`); n != 2 {
 		t.Errorf("mqtls wrote %d audit lines, want 2\nlogs:\n%s", n, logs.String())
 	}
-	checkGoroutines(t, before)
+	leakcheck.Check(t, before)
 }
 
 // TestRunCancelled checks that a run that cannot finish reports an error and still stops
 // everything it started.
 func TestRunCancelled(t *testing.T) {
-	before := runtime.NumGoroutine()
+	before := leakcheck.Count()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 
@@ -55,28 +55,7 @@ func TestRunCancelled(t *testing.T) {
 	if err := run(ctx, &out, &logs); err == nil {
 		t.Fatalf("run with a cancelled context succeeded; narrative:\n%s", out.String())
 	}
-	checkGoroutines(t, before)
-}
-
-// checkGoroutines fails t if, within a few seconds, the number of goroutines has not come
-// back to before. Goroutines that were told to stop (a listener's accept loop, a client's
-// writer) may need a moment to return, and nothing signals that they have, so it polls,
-// as goleak does.
-func checkGoroutines(t *testing.T, before int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= before {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("%d goroutines still running, %d before the run:\n%s", n, before, buf)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	leakcheck.Check(t, before)
 }
 
 // syncBuffer is a bytes.Buffer that mqtls and the broker may log to concurrently, even

@@ -1,0 +1,376 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mqtls/mqtls/handshake"
+)
+
+// A session piped by two goroutines costs two parked stacks while it is idle (about 8 KiB,
+// more than its heap), and most sessions of a device fleet are idle. On Linux a session
+// whose device and broker sides are both sockets is parked instead: the socket each
+// direction reads from waits in one epoll set shared by the process, and a goroutine
+// exists only while bytes move. The set itself is registered with the runtime's poller,
+// so no thread blocks in epoll_wait.
+
+// poller is the process's epoll set of parked sockets.
+type poller struct {
+	epfd *os.File        // non-blocking, so the runtime polls it like a socket
+	raw  syscall.RawConn // of epfd
+	fd   int
+
+	mu    sync.Mutex
+	flows map[uint64]*flow // by the token stored in each epoll event
+	next  uint64
+}
+
+var sharedPoller = sync.OnceValues(func() (*poller, error) {
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil, os.NewSyscallError("setnonblock", err)
+	}
+	f := os.NewFile(uintptr(fd), "mqtls-idle-epoll")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	p := &poller{epfd: f, raw: raw, fd: fd, flows: make(map[uint64]*flow)}
+	go p.loop()
+	return p, nil
+})
+
+// loop wakes the flows whose sockets became readable. It never blocks in epoll_wait: the
+// runtime's poller tells it when the set has events.
+func (p *poller) loop() {
+	events := make([]syscall.EpollEvent, 256)
+	n := 0
+	collect := func(fd uintptr) bool {
+		for {
+			var err error
+			n, err = syscall.EpollWait(int(fd), events, 0)
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				n = 0
+			}
+			return n > 0
+		}
+	}
+	for {
+		if err := p.raw.Read(collect); err != nil {
+			return
+		}
+		for _, ev := range events[:n] {
+			tok := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			p.mu.Lock()
+			f := p.flows[tok]
+			p.mu.Unlock()
+			if f != nil {
+				f.wake()
+			}
+		}
+	}
+}
+
+func (p *poller) add(f *flow) {
+	p.mu.Lock()
+	p.next++
+	f.token = p.next
+	p.flows[f.token] = f
+	p.mu.Unlock()
+}
+
+func (p *poller) remove(f *flow) {
+	p.mu.Lock()
+	delete(p.flows, f.token)
+	p.mu.Unlock()
+}
+
+// Flow states. A wake moves parked to running (and starts a goroutine), or marks a running
+// flow notified, so that it looks at its socket again rather than park.
+const (
+	flowRunning int32 = iota
+	flowNotified
+	flowParked
+	flowDone
+)
+
+// flow is one direction of a parked session: it reads src without waiting and writes dst,
+// and when src has nothing it arms src's socket in the epoll set and its goroutine ends.
+type flow struct {
+	p     *poller
+	token uint64
+	state atomic.Int32
+
+	sock  syscall.RawConn // src's socket, armed in the epoll set
+	read  func([]byte) (int, error)
+	dst   net.Conn
+	armMu sync.Mutex
+	added bool
+
+	// activity runs after each read that returned bytes (and once at the start): it pushes
+	// the idle deadline on. nil without an idle timeout.
+	activity func()
+	// deadline mirrors src's read deadline (Unix ns, 0 for none), and the timer wakes the
+	// flow when it passes: a parked socket does not see its deadline pass, and the
+	// runtime's own deadline timer may fire just after ours.
+	deadline atomic.Int64
+	timerMu  sync.Mutex
+	timer    *time.Timer
+
+	n   int64
+	end func(copyResult)
+}
+
+// wake runs a parked flow, or makes a running one look at its socket again.
+func (f *flow) wake() {
+	for {
+		switch s := f.state.Load(); s {
+		case flowParked:
+			if f.state.CompareAndSwap(flowParked, flowRunning) {
+				go f.run()
+				return
+			}
+		case flowRunning:
+			if f.state.CompareAndSwap(flowRunning, flowNotified) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+// setDeadline makes the flow end with a timeout once t has passed with nothing read. The
+// caller has set the same deadline on the socket.
+func (f *flow) setDeadline(t time.Time) {
+	f.deadline.Store(t.UnixNano())
+	f.timerMu.Lock()
+	defer f.timerMu.Unlock()
+	if f.timer == nil {
+		f.timer = time.AfterFunc(time.Until(t), f.wake)
+		return
+	}
+	f.timer.Reset(time.Until(t))
+}
+
+func (f *flow) expired() bool {
+	dl := f.deadline.Load()
+	return dl != 0 && time.Now().UnixNano() >= dl
+}
+
+// run copies until src has nothing more, then parks, or until the direction ends.
+func (f *flow) run() {
+	for {
+		bp := bufPool.Get().(*[]byte)
+		n, err := f.read(*bp)
+		if n > 0 {
+			if f.activity != nil {
+				f.activity()
+			}
+			nw, werr := f.dst.Write((*bp)[:n])
+			f.n += int64(nw)
+			if werr != nil {
+				bufPool.Put(bp)
+				f.finish(werr)
+				return
+			}
+		}
+		bufPool.Put(bp)
+		switch {
+		case err == nil:
+		case errors.Is(err, errWouldBlock) || handshake.IsWouldBlock(err):
+			if f.expired() {
+				f.finish(&net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded})
+				return
+			}
+			if f.park() {
+				return
+			}
+		default:
+			f.finish(endErr(err))
+			return
+		}
+	}
+}
+
+// park arms the socket and lets the goroutine go. It returns false when the flow must run
+// on instead: it was woken while running, or the socket is closed and cannot be armed.
+func (f *flow) park() bool {
+	if !f.state.CompareAndSwap(flowRunning, flowParked) {
+		f.state.Store(flowRunning) // notified: look again
+		return false
+	}
+	if err := f.arm(); err != nil {
+		// Closed under us: read again to see why, unless a wake has taken over already.
+		return !f.state.CompareAndSwap(flowParked, flowRunning)
+	}
+	return true
+}
+
+// arm asks for one readability event on the socket (level-triggered, so bytes that came
+// before arming count).
+func (f *flow) arm() error {
+	f.armMu.Lock()
+	defer f.armMu.Unlock()
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
+	ev.Fd, ev.Pad = int32(uint32(f.token)), int32(uint32(f.token>>32))
+	op := syscall.EPOLL_CTL_MOD
+	if !f.added {
+		op = syscall.EPOLL_CTL_ADD
+	}
+	var cerr error
+	err := f.sock.Control(func(fd uintptr) { cerr = syscall.EpollCtl(f.p.fd, op, int(fd), &ev) })
+	if err == nil && cerr != nil {
+		err = os.NewSyscallError("epoll_ctl", cerr)
+	}
+	if err == nil {
+		f.added = true
+	}
+	return err
+}
+
+func (f *flow) finish(err error) {
+	f.state.Store(flowDone)
+	f.timerMu.Lock()
+	if f.timer != nil {
+		f.timer.Stop()
+	}
+	f.timerMu.Unlock()
+	f.armMu.Lock()
+	if f.added {
+		_ = f.sock.Control(func(fd uintptr) { _ = syscall.EpollCtl(f.p.fd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
+	}
+	f.armMu.Unlock()
+	f.p.remove(f)
+	f.end(copyResult{n: f.n, err: err})
+}
+
+// parkedPipe is a parked session's two directions.
+type parkedPipe struct {
+	toUpstream, toDevice flow
+	left                 atomic.Int32 // directions not yet ended
+	results              [2]copyResult
+}
+
+func (pp *parkedPipe) wake() {
+	pp.toUpstream.wake()
+	pp.toDevice.wake()
+}
+
+// parkPipe starts a parked pipe when both sides allow one: the device's secure conn reads
+// without waiting (TryRead) over a socket, and the broker side is a socket.
+func (c *conn) parkPipe(device, up net.Conn) bool {
+	tr, ok := device.(tryReader)
+	if !ok {
+		return false
+	}
+	devSock, upSock := rawConn(c.device), rawConn(up)
+	if devSock == nil || upSock == nil {
+		return false
+	}
+	p, err := sharedPoller()
+	if err != nil {
+		return false
+	}
+	pp := &parkedPipe{}
+	pp.left.Store(2)
+	pp.toUpstream = flow{p: p, sock: devSock, read: tr.TryRead, dst: up}
+	if d := c.cfg.IdleTimeout; d > 0 {
+		pp.toUpstream.activity = func() {
+			if !c.closing.Load() {
+				t := time.Now().Add(d)
+				_ = c.device.SetReadDeadline(t)
+				pp.toUpstream.setDeadline(t)
+			}
+		}
+		pp.toUpstream.activity()
+	}
+	pp.toDevice = flow{p: p, sock: upSock, read: socketTryRead(upSock), dst: device}
+	pp.toUpstream.end = func(r copyResult) { c.parkedEnd(pp, 0, "device", r, up, device, up, &pp.toDevice) }
+	pp.toDevice.end = func(r copyResult) { c.parkedEnd(pp, 1, "upstream", r, device, up, c.device, &pp.toUpstream) }
+	p.add(&pp.toUpstream)
+	p.add(&pp.toDevice)
+	c.mu.Lock()
+	c.park = pp
+	aborted := c.aborted
+	c.mu.Unlock()
+	go pp.toDevice.run()
+	go pp.toUpstream.run()
+	if aborted { // abort ran before c.park was set: its close needs the flows to look
+		pp.wake()
+	}
+	return true
+}
+
+// parkedEnd is a direction's end: the half-close passed on as in the goroutine pipe, the
+// other direction woken (its socket may be closed now, or have a close deadline), and,
+// after the second direction, the connection finished.
+func (c *conn) parkedEnd(pp *parkedPipe, i int, name string, r copyResult, dst, src, other net.Conn, otherFlow *flow) {
+	pp.results[i] = r
+	c.mu.Lock()
+	if c.endedBy == "" {
+		c.endedBy = name
+	}
+	c.mu.Unlock()
+	if t, ok := c.halfClose(dst, src, r, other); ok {
+		otherFlow.setDeadline(t)
+	}
+	otherFlow.wake() // its socket may be closed now, which epoll does not report
+	if pp.left.Add(-1) == 0 {
+		c.settle(pp.results[1], pp.results[0])
+		c.finish()
+	}
+}
+
+// errWouldBlock is socketTryRead finding nothing to read.
+var errWouldBlock = errors.New("proxy: no input ready")
+
+// socketTryRead reads a plain socket without waiting. The read deadline still applies: a
+// passed deadline is an error, as for a blocking read.
+func socketTryRead(sock syscall.RawConn) func([]byte) (int, error) {
+	var (
+		buf  []byte
+		n    int
+		rerr error
+	)
+	fn := func(fd uintptr) bool {
+		for {
+			n, rerr = syscall.Read(int(fd), buf)
+			if rerr != syscall.EINTR {
+				return true
+			}
+		}
+	}
+	return func(p []byte) (int, error) {
+		buf = p
+		err := sock.Read(fn)
+		buf = nil
+		switch {
+		case err != nil:
+			return 0, err
+		case rerr == syscall.EAGAIN:
+			return 0, errWouldBlock
+		case rerr != nil:
+			return 0, os.NewSyscallError("read", rerr)
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
