@@ -54,9 +54,11 @@ func (wouldBlockError) Temporary() bool { return true }
 
 const (
 	recordHeaderLen = 5
-	// rawBufSize holds a full TLS 1.2 ciphertext record (2^14 + 2048) plus its header;
-	// larger reads gain nothing, since crypto/tls takes one record at a time.
-	rawBufSize = 1<<14 + 2048 + recordHeaderLen
+	// rawBufSize is one socket read while bytes stream: several records, so that a bulk
+	// transfer costs one system call per 64 KiB (a loopback segment) rather than per
+	// record. It holds a full TLS 1.2 ciphertext record (2^14 + 2048) and its header with
+	// room to spare. Only a conn with bytes buffered holds one.
+	rawBufSize = 64 << 10
 )
 
 var rawBufPool = sync.Pool{New: func() any { b := make([]byte, rawBufSize); return &b }}
