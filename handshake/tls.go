@@ -11,6 +11,8 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
+
+	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
 
 // ClientAuth says whether a TLS listener asks devices for a certificate.
@@ -361,8 +363,11 @@ func (c *Conn) TryRead(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// IsWouldBlock reports whether err is TryRead finding nothing to read.
-func IsWouldBlock(err error) bool { return errors.Is(err, errWouldBlock) }
+// IsWouldBlock reports whether err is a TryRead (of a TLS or a TLS-PSK conn) finding
+// nothing to read.
+func IsWouldBlock(err error) bool {
+	return errors.Is(err, errWouldBlock) || errors.Is(err, tlspsk.ErrWouldBlock)
+}
 
 // CloseWrite sends close_notify and then half-closes the TCP connection underneath, so the
 // device sees both the TLS and the TCP end of the stream.

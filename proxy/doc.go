@@ -6,6 +6,6 @@
 // about cipher suites (handshake does) and decides nothing about identities (policy does).
 // The pipe is built for fleets of mostly idle devices: a waiting session holds no copy
 // buffer, and on Linux no goroutine either. Its two sockets wait in one epoll set shared by
-// the process (park_linux.go), and a goroutine runs only while bytes move. Sessions that
-// cannot park (DTLS, TLS-PSK, other systems) are piped by two goroutines.
+// the process (park_linux.go), and a goroutine runs only while bytes move. DTLS sessions (one
+// socket for all devices) and sessions on other systems are piped by two goroutines.
 package proxy

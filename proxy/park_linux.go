@@ -288,7 +288,7 @@ func (pp *parkedPipe) wake() {
 }
 
 // parkPipe starts a parked pipe when both sides allow one: the device's secure conn reads
-// without waiting (TryRead) over a socket, and the broker side is a socket.
+// without waiting (TryRead: TLS or TLS-PSK) over a socket, and the broker side is a socket.
 func (c *conn) parkPipe(device, up net.Conn) bool {
 	tr, ok := device.(tryReader)
 	if !ok {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -89,6 +90,13 @@ type inHalf struct {
 	hs            []byte  // handshake bytes not yet parsed into messages
 	idle          int
 	err           error // sticky
+
+	// try, set by TryRead, makes fill read the socket without waiting (ErrWouldBlock).
+	try     syscall.RawConn
+	tryBuf  []byte
+	tryN    int
+	tryErr  error
+	tryRead func(fd uintptr) bool // made once
 }
 
 // outHalf is the writing direction. Its mutex is held by Write, alerts and Close.
@@ -211,11 +219,45 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	c.in.mu.Lock()
 	defer c.in.mu.Unlock()
+	return c.readLocked(b)
+}
+
+// ErrWouldBlock is what TryRead returns when neither the Conn nor its socket has input.
+var ErrWouldBlock = errors.New("tlspsk: no input ready")
+
+// TryRead is Read that never waits for the network: when nothing the Conn holds or the
+// socket has makes a whole record, it returns 0 and ErrWouldBlock, keeping any part of a
+// record for the next call. It needs a completed handshake over a socket (a
+// syscall.Conn); without one it is an ordinary Read. A passed read deadline is an error,
+// as for Read.
+func (c *Conn) TryRead(b []byte) (int, error) {
+	if !c.hsDone.Load() || len(b) == 0 {
+		return c.Read(b)
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return c.Read(b)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return c.Read(b)
+	}
+	c.in.mu.Lock()
+	defer c.in.mu.Unlock()
+	c.in.try = raw
+	defer func() { c.in.try = nil }()
+	return c.readLocked(b)
+}
+
+func (c *Conn) readLocked(b []byte) (int, error) {
 	for len(c.in.plain) == 0 {
 		if c.in.err != nil {
 			return 0, c.in.err
 		}
 		if err := c.readApplicationRecord(); err != nil {
+			if errors.Is(err, ErrWouldBlock) {
+				return 0, ErrWouldBlock
+			}
 			if !errors.Is(err, os.ErrDeadlineExceeded) {
 				c.in.err = err
 			}
@@ -228,6 +270,35 @@ func (c *Conn) Read(b []byte) (int, error) {
 		c.in.releaseRaw()
 	}
 	return n, nil
+}
+
+// readSocket reads what the socket has into p without waiting (TryRead's fill).
+func (c *Conn) readSocket(p []byte) (int, error) {
+	in := &c.in
+	if in.tryRead == nil {
+		in.tryRead = func(fd uintptr) bool {
+			for {
+				in.tryN, in.tryErr = syscall.Read(int(fd), in.tryBuf)
+				if in.tryErr != syscall.EINTR {
+					return true
+				}
+			}
+		}
+	}
+	in.tryBuf = p
+	err := in.try.Read(in.tryRead)
+	in.tryBuf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case in.tryErr == syscall.EAGAIN:
+		return 0, ErrWouldBlock
+	case in.tryErr != nil:
+		return 0, os.NewSyscallError("read", in.tryErr)
+	case in.tryN == 0:
+		return 0, io.EOF
+	}
+	return in.tryN, nil
 }
 
 // recordBufPool holds record-sized buffers, so that an idle session owns none: Read gives
@@ -474,12 +545,22 @@ func (c *Conn) fill(n int) error {
 		in.rawOff = 0
 	}
 	for len(in.raw) < n {
-		m, err := c.conn.Read(in.raw[len(in.raw):cap(in.raw)])
+		var m int
+		var err error
+		if in.try != nil {
+			m, err = c.readSocket(in.raw[len(in.raw):cap(in.raw)])
+		} else {
+			m, err = c.conn.Read(in.raw[len(in.raw):cap(in.raw)])
+		}
 		in.raw = in.raw[:len(in.raw)+m]
 		if len(in.raw) >= n {
 			return nil
 		}
 		if err != nil {
+			if err == ErrWouldBlock {
+				in.releaseRaw() // nothing buffered: an idle conn holds no buffer
+				return err
+			}
 			if errors.Is(err, io.EOF) {
 				return &Error{Reason: ReasonEOF, Err: io.ErrUnexpectedEOF}
 			}
