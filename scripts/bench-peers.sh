@@ -63,11 +63,11 @@ START_TIME=$SECONDS
 # --- sizes -------------------------------------------------------------------------------
 if ((QUICK)); then
 	: "${REPS:=1}"
-	CONNS_N=800 PSK_N=800 DTLS_N=400 HOLD_SMALL=1000 HOLD_LARGE_MAX=3000 HOLD_FOR=2s
+	CONNS_N=800 PSK_N=800 DTLS_N=400 HOLD_SMALL=1000 HOLD_LARGE_MAX=3000 HOLD_FOR=5s
 	PUB0_MSGS=50000 PUB1_MSGS=15000 PING_N=1000 PING_WARM=100 BULK_BYTES=$((128 << 20))
 else
 	: "${REPS:=3}"
-	CONNS_N=3000 PSK_N=3000 DTLS_N=1500 HOLD_SMALL=1000 HOLD_LARGE_MAX=8000 HOLD_FOR=4s
+	CONNS_N=3000 PSK_N=3000 DTLS_N=1500 HOLD_SMALL=1000 HOLD_LARGE_MAX=8000 HOLD_FOR=6s
 	PUB0_MSGS=200000 PUB1_MSGS=50000 PING_N=5000 PING_WARM=500 BULK_BYTES=$((512 << 20))
 fi
 [[ $REPS =~ ^[1-9][0-9]?$ ]] || die "--reps $REPS: want 1 to 99"
@@ -523,7 +523,7 @@ jq -cn \
 	--arg method "$(
 		cat <<EOF
 - **Sessions/s, CPU µs/session**: \`mqtls-bench conns\`, $CONNS_N sessions, $CONNS_C being opened at once, each from one of 127.0.0.2–254 round-robin: TCP connect, handshake, MQTT 3.1.1 CONNECT, CONNACK from the broker, DISCONNECT, close. CPU is the target's CPU time over the run (all its processes and threads: per-thread schedstat to the nanosecond, or utime+stime from /proc/PID/stat when threads ended meanwhile) ÷ sessions, so it covers the handshake, the upstream dial, the CONNECT and the close. The load tool shares CPU 0 with the broker and is often the limit of the rate; the CPU column is the target's own cost. TLS-PSK: $PSK_N sessions; DTLS-PSK: $DTLS_N.
-- **RSS KiB/idle session**: a freshly started target, then \`conns --hold $HOLD_FOR\` opens N mutual-TLS sessions and leaves them idle; (VmRSS held − VmRSS before) ÷ N. For Mosquitto it includes the broker's own per-client state. PSS (smaps_rollup) is in the result lines too.
+- **RSS KiB/idle session**: a freshly started target, then \`conns --hold $HOLD_FOR\` opens N mutual-TLS sessions and leaves them idle; (VmRSS at the last sample − VmRSS before) ÷ N. For Mosquitto it includes the broker's own per-client state. mqtls gives the memory a burst of handshakes used back to the OS once none has run for 2 s (\`--memory-release-after\`, on by default), which the hold includes; the others keep what their allocator holds. PSS (smaps_rollup) is in the result lines too.
 - **QoS 0 / QoS 1 CPU µs/msg**: \`mqtls-bench pub\`, $PUBLISHERS publishers and $SUBSCRIBERS subscriber, all through the target, $PAYLOAD-byte payloads written $BATCH per write, QoS 0: $PUB0_MSGS, QoS 1: $PUB1_MSGS messages per publisher; the subscriber must receive every message (a run that lost any does not count). Target CPU ÷ (messages in + deliveries out).
 - **ping added**: $PING_N PINGREQ→PINGRESP round trips, one at a time, over one session through the target, minus the same straight to Mosquitto (load tool and broker both on CPU 0). "CPU 1" is the usual pinning: each round trip wakes CPU 1 twice for a proxy (once for Mosquitto's own listener), which costs tens of µs in this VM whatever the target. "same CPU" moves the target to CPU 0 for this run only (\`taskset -apc 0\`), leaving the target's own processing.
 - **bulk**: $((BULK_BYTES >> 20)) MiB of 64 KiB QoS 0 PUBLISHes on one session, then a PINGREQ whose PINGRESP marks the end; the proxies forward to \`mqtls-bench sink\` (reads and discards), Mosquitto receives them itself (no subscriber). MB = 10⁶ bytes.

@@ -51,6 +51,7 @@ func TestBadFlags(t *testing.T) {
 		{"unknown field in --identity", mutual("--identity", "{nope}"), []string{"--identity"}},
 		{"bad --allow expression", mutual("--allow", "("), []string{"--allow"}},
 		{"bad --upstream", tls("--upstream", "nowhere"), []string{"--upstream"}},
+		{"negative --memory-release-after", tls("--memory-release-after", "-1s"), []string{"--memory-release-after", "negative"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

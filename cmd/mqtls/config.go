@@ -31,6 +31,7 @@ type fileConfig struct {
 	Admin        adminFile      `yaml:"admin"`
 	Log          logFile        `yaml:"log"`
 	DrainTimeout duration       `yaml:"drain_timeout"`
+	MemRelease   *duration      `yaml:"memory_release_after"` // nil: the default; 0: off
 }
 
 type adminFile struct {
@@ -514,6 +515,10 @@ func parseConfigFile(path string, data []byte) (serveConfig, error) {
 	if f.DrainTimeout == 0 {
 		cfg.drainTimeout = defaultDrainTimeout
 	}
+	cfg.memRelease = defaultMemoryRelease
+	if f.MemRelease != nil {
+		cfg.memRelease = time.Duration(*f.MemRelease)
+	}
 	if f.Admin.ReloadInterval == 0 {
 		cfg.admin.reloadInterval = defaultReloadInterval
 	}
@@ -604,6 +609,9 @@ func commonProblems(cfg *serveConfig, level string, key func(string) string) []e
 	}
 	if cfg.drainTimeout < 0 {
 		bad("%s %v: must not be negative", key("drain_timeout"), cfg.drainTimeout)
+	}
+	if cfg.memRelease < 0 {
+		bad("%s %v: must not be negative (0 turns it off)", key("memory_release_after"), cfg.memRelease)
 	}
 	if cfg.admin.listen != "" {
 		if _, _, err := net.SplitHostPort(cfg.admin.listen); err != nil {

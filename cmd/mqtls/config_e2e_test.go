@@ -121,6 +121,8 @@ func TestConfigErrors(t *testing.T) {
 			`line 6: "10 minutes" is not a duration like 10s, 5m or 720h`},
 		{"duration without unit", "drain_timeout: 30\nlisteners:\n" + listener,
 			`line 1: "30" is not a duration like 10s, 5m or 720h`},
+		{"negative memory release", "memory_release_after: -1s\nlisteners:\n" + listener,
+			"memory_release_after -1s: must not be negative (0 turns it off)"},
 		{"missing listeners", "drain_timeout: 5s\n",
 			"listeners: the file defines none; add at least one"},
 		{"empty file", "",

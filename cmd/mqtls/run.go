@@ -257,6 +257,12 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) 
 	m := newMetrics()
 	ready := &readiness{interval: readyInterval}
 	hooks := m.hooks()
+	mem := &memRelease{}
+	shook := hooks.Handshake
+	hooks.Handshake = func(l, kind, reason string, took time.Duration) {
+		shook(l, kind, reason, took)
+		mem.note()
+	}
 	dialed := hooks.UpstreamDial
 	hooks.UpstreamDial = func(l string, err error) {
 		dialed(l, err)
@@ -298,6 +304,11 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) 
 	defer func() {
 		stopBG()
 		bgDone.Wait()
+	}()
+	bgDone.Add(1)
+	go func() {
+		defer bgDone.Done()
+		mem.run(bg, cfg.memRelease, log)
 	}()
 	rl := &reloader{log: log, m: m, sup: v, revokeTerminates: cfg.admin.revokeTerminates}
 	rl.snapshot()

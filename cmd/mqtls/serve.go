@@ -88,6 +88,7 @@ func serveFlags() []cli.Flag {
 		dur("dial-timeout", proxy.DefaultDialTimeout, "time allowed to connect to the upstream broker"),
 		&cli.IntFlag{Name: "max-connect-size", Value: proxy.DefaultMaxConnectSize, Usage: "largest CONNECT packet accepted, in `bytes`", EnvVars: envFor("max-connect-size")},
 		dur("drain-timeout", defaultDrainTimeout, "on SIGTERM or SIGINT, time open sessions get to end before they are closed"),
+		dur("memory-release-after", defaultMemoryRelease, "after a burst of handshakes, return the memory it used to the OS once none has run for this long (0: never)"),
 		str("log-format", "json", "log format: json or console"),
 		str("log-level", "info", "log level: debug, info, warn or error"),
 	}
@@ -124,6 +125,7 @@ type serveConfig struct {
 	configFile   string // "" when built from flags
 	listeners    []listenerSpec
 	drainTimeout time.Duration
+	memRelease   time.Duration // 0: off
 	logFormat    string
 	logLevel     zerolog.Level
 	admin        adminConfig
@@ -147,6 +149,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 
 	cfg := serveConfig{
 		drainTimeout: c.Duration("drain-timeout"),
+		memRelease:   c.Duration("memory-release-after"),
 		logFormat:    c.String("log-format"),
 		admin: adminConfig{
 			listen:           c.String("admin-listen"),
@@ -157,7 +160,7 @@ func serveConfigFrom(c *cli.Context) (serveConfig, error) {
 		},
 	}
 	errs := commonProblems(&cfg, c.String("log-level"), func(k string) string {
-		return map[string]string{"log.format": "--log-format", "log.level": "--log-level", "drain_timeout": "--drain-timeout",
+		return map[string]string{"log.format": "--log-format", "log.level": "--log-level", "drain_timeout": "--drain-timeout", "memory_release_after": "--memory-release-after",
 			"admin.listen": "--admin-listen", "admin.pprof": "--admin-pprof", "admin.reload_interval": "--reload-interval",
 			"admin.expiry_warning": "--expiry-warning"}[k]
 	})
