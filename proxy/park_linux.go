@@ -244,21 +244,7 @@ func (f *flow) linger() bool {
 	if f.src.SetReadDeadline(until) != nil {
 		return false
 	}
-	ready := false
-	err := f.sock.Read(func(fd uintptr) bool {
-		var one [1]byte
-		for {
-			_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			switch err {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			ready = true // bytes, the end of the stream or an error: the read will tell
-			return true
-		}
-	})
+	err := f.sock.Read(peekReady) // bytes, the end of the stream or an error: the read tells
 	// Put back the deadline the flow keeps (it may have changed meanwhile: a half-close's
 	// close deadline); expired() and the timer stand in for a stale one.
 	restore := time.Time{}
@@ -266,7 +252,7 @@ func (f *flow) linger() bool {
 		restore = time.Unix(0, dl)
 	}
 	_ = f.src.SetReadDeadline(restore)
-	return err == nil && ready
+	return err == nil
 }
 
 // park arms the socket and lets the goroutine go. It returns false when the flow must run

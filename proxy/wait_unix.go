@@ -18,20 +18,23 @@ func socketWaiter(c net.Conn) func() error {
 	if raw == nil {
 		return nil
 	}
+	return func() error { return raw.Read(peekReady) }
+}
+
+// peekReady is a syscall.RawConn read callback that returns once the socket has a byte to
+// read, its end or an error, and consumes nothing.
+func peekReady(fd uintptr) bool {
 	var one [1]byte
-	ready := func(fd uintptr) bool {
-		for {
-			_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-			switch err {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			return true
+	for {
+		_, _, err := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
 		}
+		return true
 	}
-	return func() error { return raw.Read(ready) }
 }
 
 func rawConn(c net.Conn) syscall.RawConn {
