@@ -136,6 +136,8 @@ type flow struct {
 
 	n   int64
 	end func(copyResult)
+
+	parkedAt int64 // Unix ns of the last park, 0 before the first; only the runner uses it
 }
 
 // wake runs a parked flow, or makes a running one look at its socket again.
@@ -214,7 +216,7 @@ func (f *flow) run() {
 				f.finish(&net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded})
 				return
 			}
-			if f.linger() {
+			if f.conversing() && f.linger() {
 				continue
 			}
 			if f.park() {
@@ -227,12 +229,20 @@ func (f *flow) run() {
 	}
 }
 
-// lingerFor is how long a flow that found nothing waits for more with its goroutine before
-// it parks. A session in conversation (a request, its answer, the next request) is woken
-// by the runtime's poller directly, as in the goroutine pipe; the epoll set and a new
-// goroutine per wake-up, which cost about 10 µs more per round trip, are for sessions that
-// have gone quiet, and most of a fleet's sessions are.
+// lingerFor is how long a flow in conversation that found nothing waits for more with its
+// goroutine before it parks. A session in conversation (a request, its answer, the next
+// request) is then woken by the runtime's poller directly, as in the goroutine pipe; the
+// epoll set and a new goroutine per wake-up, which cost about 10 µs more per round trip,
+// are for sessions that have gone quiet, and most of a fleet's sessions are.
 const lingerFor = time.Second
+
+// conversing reports whether the flow was woken less than lingerFor after it last
+// parked: then it lingers rather than park again. A session that has just connected parks
+// at once, so a reconnect storm does not leave a goroutine per session behind (the
+// runtime keeps every goroutine descriptor it ever made, about 0.4 KiB each).
+func (f *flow) conversing() bool {
+	return f.parkedAt != 0 && time.Now().UnixNano()-f.parkedAt < int64(lingerFor)
+}
 
 // linger waits up to lingerFor (or the flow's deadline, if sooner) for src to become
 // readable, holding no buffer. It reports whether it did: false means park.
@@ -258,6 +268,7 @@ func (f *flow) linger() bool {
 // park arms the socket and lets the goroutine go. It returns false when the flow must run
 // on instead: it was woken while running, or the socket is closed and cannot be armed.
 func (f *flow) park() bool {
+	f.parkedAt = time.Now().UnixNano()
 	if !f.state.CompareAndSwap(flowRunning, flowParked) {
 		f.state.Store(flowRunning) // notified: look again
 		return false
