@@ -33,6 +33,10 @@ type poller struct {
 	next  uint64
 }
 
+// pollerFailure logs, once, that the epoll set could not be made (sessions then use the
+// goroutine pipe, which works, but costs more memory while idle).
+var pollerFailure sync.Once
+
 var sharedPoller = sync.OnceValues(func() (*poller, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
@@ -343,6 +347,9 @@ func (c *conn) parkPipe(device, up net.Conn) bool {
 	}
 	p, err := sharedPoller()
 	if err != nil {
+		pollerFailure.Do(func() {
+			c.srv.log.Warn().Err(err).Msg("cannot park idle sessions; each session keeps two goroutines while idle")
+		})
 		return false
 	}
 	pp := &parkedPipe{}
