@@ -37,7 +37,9 @@ type poller struct {
 // goroutine pipe, which works, but costs more memory while idle).
 var pollerFailure sync.Once
 
-var sharedPoller = sync.OnceValues(func() (*poller, error) {
+var sharedPoller = sync.OnceValues(newPoller)
+
+func newPoller() (*poller, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -55,7 +57,7 @@ var sharedPoller = sync.OnceValues(func() (*poller, error) {
 	p := &poller{epfd: f, raw: raw, fd: fd, flows: make(map[uint64]*flow)}
 	go p.loop()
 	return p, nil
-})
+}
 
 // loop wakes the flows whose sockets became readable. It never blocks in epoll_wait: the
 // runtime's poller tells it when the set has events.
