@@ -100,15 +100,24 @@ func (s *PSKStore) Load(file string, f PSKFormat) error {
 	return nil
 }
 
+const (
+	// maxPSKErrors bounds the bad lines one error reports: a file that is not a PSK file
+	// at all would otherwise give one line of error per line of file.
+	maxPSKErrors = 20
+	maxPSKLine   = 64 << 10
+)
+
 // ParsePSKs parses the contents of the PSK file called name. Blank lines and lines starting
-// with # are skipped. Every bad line is reported, each error starting "name:line: ", and no
-// error contains a key.
+// with # are skipped. Bad lines are reported, each error starting "name:line: " (the first
+// maxPSKErrors of them, then how many more), and no error contains a key.
 func ParsePSKs(name string, data []byte, f PSKFormat) (map[string][]byte, error) {
 	keys := map[string][]byte{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	sc.Buffer(make([]byte, 0, 4096), maxPSKLine)
 	var errs []error
-	for n := 1; sc.Scan(); n++ {
+	bad := 0
+	n := 1
+	for ; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || line[0] == '#' {
 			continue
@@ -120,13 +129,21 @@ func ParsePSKs(name string, data []byte, f PSKFormat) (map[string][]byte, error)
 			}
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %w", name, n, err))
+			if bad++; bad <= maxPSKErrors {
+				errs = append(errs, fmt.Errorf("%s:%d: %w", name, n, err))
+			}
 			continue
 		}
 		keys[id] = key
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("%s:%d: line longer than %d bytes: is this a PSK file?", name, n, maxPSKLine)
+		}
 		return nil, fmt.Errorf("reading PSK file %s: %w", name, err)
+	}
+	if bad > maxPSKErrors {
+		errs = append(errs, fmt.Errorf("%s: %d more bad lines not shown (%d in all)", name, bad-maxPSKErrors, bad))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

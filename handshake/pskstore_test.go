@@ -271,8 +271,8 @@ func TestParsePSKsInvalid(t *testing.T) {
 func TestParsePSKsLongLine(t *testing.T) {
 	secret := strings.Repeat("ab", 40<<10)
 	_, err := ParsePSKs("psk.txt", []byte("dev-1:"+secret+"\n"), PSKFormatStunnel)
-	if err == nil || !strings.Contains(err.Error(), "psk.txt") {
-		t.Fatalf("error %v, want one naming psk.txt", err)
+	if want := "psk.txt:1: line longer than 65536 bytes: is this a PSK file?"; err == nil || err.Error() != want {
+		t.Fatalf("error %v, want %q", err, want)
 	}
 	if strings.Contains(err.Error(), "abababab") {
 		t.Errorf("error %q contains the key", err)
@@ -461,4 +461,23 @@ func FuzzParsePSKs(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestParsePSKsErrorBound: a file that is not a PSK file at all gives a bounded error: the
+// first bad lines, then how many more.
+func TestParsePSKsErrorBound(t *testing.T) {
+	_, err := ParsePSKs("psk.txt", []byte(strings.Repeat("no colon here\n", 1000)), PSKFormatMosquitto)
+	if err == nil {
+		t.Fatal("ParsePSKs accepted 1,000 bad lines")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != maxPSKErrors+1 {
+		t.Errorf("%d error lines for 1,000 bad lines, want %d", len(lines), maxPSKErrors+1)
+	}
+	if !strings.HasPrefix(lines[0], "psk.txt:1: ") || !strings.HasPrefix(lines[maxPSKErrors-1], "psk.txt:20: ") {
+		t.Errorf("the first lines do not name lines 1 to 20: %q ... %q", lines[0], lines[maxPSKErrors-1])
+	}
+	if want := "psk.txt: 980 more bad lines not shown (1000 in all)"; lines[len(lines)-1] != want {
+		t.Errorf("last error line %q, want %q", lines[len(lines)-1], want)
+	}
 }
