@@ -29,33 +29,26 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	mochipackets "github.com/mochi-mqtt/server/v2/packets"
 	"github.com/pion/dtls/v3"
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/internal/examplekit"
 	"github.com/mqtls/mqtls/policy"
 	"github.com/mqtls/mqtls/proxy"
 	"github.com/mqtls/mqtls/proxy/datagram"
@@ -110,7 +103,7 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 	say("1. PSK file: one device, identity %q, a random 256-bit key (%s, removed at exit)", deviceID, pskFile)
 
 	// 2. A plaintext MQTT broker on loopback, which knows nothing about DTLS or identities.
-	broker, brokerAddr, seen, err := startBroker(logs)
+	broker, brokerAddr, seen, err := examplekit.StartBroker(logs)
 	if err != nil {
 		return fmt.Errorf("starting the broker: %w", err)
 	}
@@ -122,7 +115,7 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 	say("2. broker: mochi-mqtt, plaintext MQTT on %s", brokerAddr)
 
 	// 3. mqtls's DTLS listener in front of it.
-	audit := newAuditWriter(logs)
+	audit := examplekit.NewAuditWriter(logs)
 	proxyAddr, stopProxy, err := startProxy(pskFile, brokerAddr, audit)
 	if err != nil {
 		return fmt.Errorf("starting mqtls: %w", err)
@@ -156,61 +149,13 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 		return err
 	}
 
-	ids := seen.ids()
+	ids := seen.IDs()
 	if slices.Contains(ids, spoofID) || !slices.Contains(ids, deviceID) {
 		return fmt.Errorf("the broker saw client IDs %q, want %q and never %q", ids, deviceID, spoofID)
 	}
 	say("7. broker: client ID %q never reached it; the refused CONNECT stopped at mqtls", spoofID)
 	say("done: stopping mqtls and the broker")
 	return nil
-}
-
-// startBroker starts mochi-mqtt on a free loopback port. The returned recorder lists the
-// client IDs of every CONNECT that reached the broker.
-func startBroker(logs io.Writer) (*mqtt.Server, string, *connectRecorder, error) {
-	broker := mqtt.New(&mqtt.Options{
-		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	seen := &connectRecorder{}
-	if err := broker.AddHook(new(auth.AllowHook), nil); err != nil {
-		return nil, "", nil, err
-	}
-	if err := broker.AddHook(seen, nil); err != nil {
-		return nil, "", nil, err
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "plain", Address: "127.0.0.1:0"})
-	if err := broker.AddListener(tcp); err != nil {
-		return nil, "", nil, err
-	}
-	if err := broker.Serve(); err != nil {
-		broker.Close()
-		return nil, "", nil, err
-	}
-	return broker, tcp.Address(), seen, nil
-}
-
-// connectRecorder is a broker hook that remembers the client ID of every CONNECT.
-type connectRecorder struct {
-	mqtt.HookBase
-	mu   sync.Mutex
-	seen []string
-}
-
-func (r *connectRecorder) ID() string { return "dtls-device-connect-recorder" }
-
-func (r *connectRecorder) Provides(b byte) bool { return b == mqtt.OnConnect }
-
-func (r *connectRecorder) OnConnect(cl *mqtt.Client, _ mochipackets.Packet) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.seen = append(r.seen, cl.ID)
-	return nil
-}
-
-func (r *connectRecorder) ids() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.seen)
 }
 
 // startProxy starts mqtls's DTLS listener on a free loopback UDP port in front of
@@ -417,17 +362,12 @@ func spoofingDevice(ctx context.Context, say func(string, ...any), key []byte, a
 }
 
 // sayAudit waits for mqtls's next audit line, checks its outcome and summarizes it.
-func sayAudit(ctx context.Context, say func(string, ...any), a *auditWriter, want string) error {
+func sayAudit(ctx context.Context, say func(string, ...any), a *examplekit.AuditWriter, want string) error {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
-	var l auditLine
-	select {
-	case l = <-a.lines:
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for mqtls's audit line: %w", ctx.Err())
-	}
-	if l.Outcome != want {
-		return fmt.Errorf("mqtls audit line says outcome %q (reason %q), want %q", l.Outcome, l.Reason, want)
+	l, err := a.Next(ctx, want)
+	if err != nil {
+		return err
 	}
 	s := fmt.Sprintf("   mqtls audit: outcome=%s identity=%s client_id=%s", l.Outcome, l.Identity, l.ClientID)
 	if l.Reason != "" {
@@ -436,43 +376,4 @@ func sayAudit(ctx context.Context, say func(string, ...any), a *auditWriter, wan
 	say("%s %s %s, %d bytes in, %d bytes out, %d datagrams dropped",
 		s, l.TLSVersion, l.CipherSuite, l.BytesIn, l.BytesOut, l.Dropped)
 	return nil
-}
-
-// auditLine is the part of mqtls's per-connection audit line the narrative quotes.
-type auditLine struct {
-	Message     string `json:"message"`
-	Outcome     string `json:"outcome"`
-	Reason      string `json:"reason"`
-	Identity    string `json:"identity"`
-	ClientID    string `json:"client_id"`
-	TLSVersion  string `json:"tls_version"`
-	CipherSuite string `json:"cipher_suite"`
-	BytesIn     int64  `json:"bytes_in"`
-	BytesOut    int64  `json:"bytes_out"`
-	Dropped     int64  `json:"datagrams_dropped"`
-}
-
-// auditWriter passes mqtls's JSON log through to w and hands every "connection" line to
-// lines. zerolog writes one whole line per Write; concurrent connections may write at once.
-type auditWriter struct {
-	mu    sync.Mutex
-	w     io.Writer
-	lines chan auditLine
-}
-
-func newAuditWriter(w io.Writer) *auditWriter {
-	return &auditWriter{w: w, lines: make(chan auditLine, 16)}
-}
-
-func (a *auditWriter) Write(p []byte) (int, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var l auditLine
-	if json.Unmarshal(bytes.TrimSpace(p), &l) == nil && l.Message == "connection" {
-		select {
-		case a.lines <- l:
-		default: // nobody is reading that many; never block mqtls's logging
-		}
-	}
-	return a.w.Write(p)
 }

@@ -19,32 +19,25 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	mochipackets "github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/handshake/handshaketest"
+	"github.com/mqtls/mqtls/internal/examplekit"
 	"github.com/mqtls/mqtls/policy"
 	"github.com/mqtls/mqtls/proxy"
 )
@@ -91,7 +84,7 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 	say("   and a device certificate with CN %q (in %s, removed at exit)", deviceCN, dir)
 
 	// 2. A plaintext MQTT broker on loopback, which knows nothing about TLS or identities.
-	broker, brokerAddr, seen, err := startBroker(logs)
+	broker, brokerAddr, seen, err := examplekit.StartBroker(logs)
 	if err != nil {
 		return fmt.Errorf("starting the broker: %w", err)
 	}
@@ -103,7 +96,7 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 	say("2. broker: mochi-mqtt, plaintext MQTT on %s, allows everyone", brokerAddr)
 
 	// 3. mqtls in front of it: mutual TLS, client ID must equal the certificate's CN.
-	audit := newAuditWriter(logs)
+	audit := examplekit.NewAuditWriter(logs)
 	proxyAddr, stopProxy, err := startProxy(p, brokerAddr, audit)
 	if err != nil {
 		return fmt.Errorf("starting mqtls: %w", err)
@@ -128,7 +121,7 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 		return err
 	}
 
-	ids := seen.ids()
+	ids := seen.IDs()
 	if slices.Contains(ids, spoofID) || !slices.Contains(ids, deviceCN) {
 		return fmt.Errorf("the broker saw client IDs %q, want only %q", ids, deviceCN)
 	}
@@ -173,54 +166,6 @@ func makePKI(dir string) (*pki, error) {
 		return nil, err
 	}
 	return p, nil
-}
-
-// startBroker starts mochi-mqtt on a free loopback port. The returned recorder lists the
-// client IDs of every CONNECT that reached the broker.
-func startBroker(logs io.Writer) (*mqtt.Server, string, *connectRecorder, error) {
-	broker := mqtt.New(&mqtt.Options{
-		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	seen := &connectRecorder{}
-	if err := broker.AddHook(new(auth.AllowHook), nil); err != nil {
-		return nil, "", nil, err
-	}
-	if err := broker.AddHook(seen, nil); err != nil {
-		return nil, "", nil, err
-	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "plain", Address: "127.0.0.1:0"})
-	if err := broker.AddListener(tcp); err != nil {
-		return nil, "", nil, err
-	}
-	if err := broker.Serve(); err != nil {
-		broker.Close()
-		return nil, "", nil, err
-	}
-	return broker, tcp.Address(), seen, nil
-}
-
-// connectRecorder is a broker hook that remembers the client ID of every CONNECT.
-type connectRecorder struct {
-	mqtt.HookBase
-	mu   sync.Mutex
-	seen []string
-}
-
-func (r *connectRecorder) ID() string { return "quickstart-connect-recorder" }
-
-func (r *connectRecorder) Provides(b byte) bool { return b == mqtt.OnConnect }
-
-func (r *connectRecorder) OnConnect(cl *mqtt.Client, _ mochipackets.Packet) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.seen = append(r.seen, cl.ID)
-	return nil
-}
-
-func (r *connectRecorder) ids() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.seen)
 }
 
 // startProxy starts mqtls on a free loopback port in front of brokerAddr, logging to
@@ -391,17 +336,12 @@ func spoofingDevice(ctx context.Context, say func(string, ...any), p *pki, addr 
 }
 
 // sayAudit waits for mqtls's next audit line, checks its outcome and summarizes it.
-func sayAudit(ctx context.Context, say func(string, ...any), a *auditWriter, want string) error {
+func sayAudit(ctx context.Context, say func(string, ...any), a *examplekit.AuditWriter, want string) error {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
-	var l auditLine
-	select {
-	case l = <-a.lines:
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for mqtls's audit line: %w", ctx.Err())
-	}
-	if l.Outcome != want {
-		return fmt.Errorf("mqtls audit line says outcome %q (reason %q), want %q", l.Outcome, l.Reason, want)
+	l, err := a.Next(ctx, want)
+	if err != nil {
+		return err
 	}
 	s := fmt.Sprintf("   mqtls audit: outcome=%s identity=%s client_id=%s", l.Outcome, l.Identity, l.ClientID)
 	if l.Forwarded != "" {
@@ -412,42 +352,4 @@ func sayAudit(ctx context.Context, say func(string, ...any), a *auditWriter, wan
 	}
 	say("%s %s, %d bytes in, %d bytes out", s, l.TLSVersion, l.BytesIn, l.BytesOut)
 	return nil
-}
-
-// auditLine is the part of mqtls's per-connection audit line the narrative quotes.
-type auditLine struct {
-	Message    string `json:"message"`
-	Outcome    string `json:"outcome"`
-	Reason     string `json:"reason"`
-	Identity   string `json:"identity"`
-	ClientID   string `json:"client_id"`
-	Forwarded  string `json:"client_id_forwarded"`
-	TLSVersion string `json:"tls_version"`
-	BytesIn    int64  `json:"bytes_in"`
-	BytesOut   int64  `json:"bytes_out"`
-}
-
-// auditWriter passes mqtls's JSON log through to w and hands every "connection" line to
-// lines. zerolog writes one whole line per Write; concurrent connections may write at once.
-type auditWriter struct {
-	mu    sync.Mutex
-	w     io.Writer
-	lines chan auditLine
-}
-
-func newAuditWriter(w io.Writer) *auditWriter {
-	return &auditWriter{w: w, lines: make(chan auditLine, 16)}
-}
-
-func (a *auditWriter) Write(p []byte) (int, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var l auditLine
-	if json.Unmarshal(bytes.TrimSpace(p), &l) == nil && l.Message == "connection" {
-		select {
-		case a.lines <- l:
-		default: // nobody is reading that many; never block mqtls's logging
-		}
-	}
-	return a.w.Write(p)
 }
