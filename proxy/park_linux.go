@@ -206,6 +206,7 @@ func (f *flow) run() {
 			if f.activity != nil {
 				f.activity()
 			}
+			busyKick()
 			nw, werr := f.dst.Write(buf[:n])
 			f.n += int64(nw)
 			if werr != nil {

@@ -67,7 +67,7 @@ if ((QUICK)); then
 	PUB0_MSGS=50000 PUB1_MSGS=15000 PING_N=1000 PING_WARM=100 BULK_BYTES=$((128 << 20))
 else
 	: "${REPS:=3}"
-	CONNS_N=3000 PSK_N=3000 DTLS_N=1500 HOLD_SMALL=1000 HOLD_LARGE_MAX=8000 HOLD_FOR=6s
+	CONNS_N=3000 PSK_N=3000 DTLS_N=1500 HOLD_SMALL=1000 HOLD_LARGE_MAX=9000 HOLD_FOR=6s
 	PUB0_MSGS=200000 PUB1_MSGS=50000 PING_N=5000 PING_WARM=500 BULK_BYTES=$((512 << 20))
 fi
 [[ $REPS =~ ^[1-9][0-9]?$ ]] || die "--reps $REPS: want 1 to 99"
@@ -223,7 +223,9 @@ log_type error
 log_type warning
 EOF
 
-mqtls_conf() { # admin: "" or "pprof"
+BUSY_POLL=1ms
+mqtls_conf() { # variant: "", "pprof" or "busy"
+	[[ $1 == busy ]] && echo "busy_poll: $BUSY_POLL"
 	cat <<EOF
 log:
   format: json
@@ -253,6 +255,7 @@ EOF
 }
 mqtls_conf "" >"$WORK/mqtls.yaml"
 mqtls_conf pprof >"$WORK/mqtls-pprof.yaml"
+mqtls_conf busy >"$WORK/mqtls-busy.yaml"
 "$MQTLS" check --config "$WORK/mqtls.yaml" >"$WORK/mqtls-check.log" 2>&1 || die "mqtls check failed: $(cat "$WORK/mqtls-check.log")"
 
 cat >"$WORK/stunnel.conf" <<EOF
@@ -309,6 +312,8 @@ backend broker
 backend sink
   server sink 127.0.0.1:$P_SINK
 EOF
+# HAProxy's own busy polling, to compare with mqtls's --busy-poll.
+sed 's/^global$/global\n  busy-polling/' "$WORK/haproxy.cfg" >"$WORK/haproxy-busy.cfg"
 
 cat >"$WORK/nginx.conf" <<EOF
 load_module $STREAM_MOD;
@@ -385,7 +390,7 @@ start_target() {
 	case $1 in
 	mqtls) launch mqtls 1 "$MQTLS" serve --config "$WORK/mqtls${2:+-$2}.yaml" ;;
 	stunnel) launch stunnel 1 "$STUNNEL" "$WORK/stunnel.conf" ;;
-	haproxy) launch haproxy 1 haproxy -db -f "$WORK/haproxy.cfg" ;;
+	haproxy) launch haproxy 1 haproxy -db -f "$WORK/haproxy${2:+-$2}.cfg" ;;
 	nginx) launch nginx 1 nginx -e "$WORK/nginx-error.log" -p "$WORK" -c "$WORK/nginx.conf" ;;
 	mosquitto) launch mosquitto 1 mosquitto -c "$WORK/mosquitto-tls.conf" ;;
 	esac
@@ -484,6 +489,16 @@ measure() {
 	[[ $t == mosquitto ]] && bulk_addr="127.0.0.1:$P_MTLS" # into the broker itself, no subscriber
 	run "$t" bulk "$pids" bulk "${MTLS[@]}" --addr "$bulk_addr" --bytes "$BULK_BYTES" --packet-size "$PACKET"
 	stop_target
+
+	# Busy polling, which mqtls and HAProxy offer: the target's CPU kept busy while sessions
+	# talk, so that no round trip waits for that CPU to wake up.
+	case $t in mqtls | haproxy)
+		start_target "$t" busy
+		pids=$(IFS=,; echo "${TARGET_PIDS[*]}")
+		run "$t" ping-busy "$pids" ping "${MTLS[@]}" --count "$PING_N" --warmup "$PING_WARM"
+		stop_target
+		;;
+	esac
 }
 
 TARGETS=(mqtls stunnel haproxy nginx mosquitto)
@@ -525,7 +540,7 @@ jq -cn \
 - **Sessions/s, CPU µs/session**: \`mqtls-bench conns\`, $CONNS_N sessions, $CONNS_C being opened at once, each from one of 127.0.0.2–254 round-robin: TCP connect, handshake, MQTT 3.1.1 CONNECT, CONNACK from the broker, DISCONNECT, close. CPU is the target's CPU time over the run (all its processes and threads: per-thread schedstat to the nanosecond, or utime+stime from /proc/PID/stat when threads ended meanwhile) ÷ sessions, so it covers the handshake, the upstream dial, the CONNECT and the close. The load tool shares CPU 0 with the broker and is often the limit of the rate; the CPU column is the target's own cost. TLS-PSK: $PSK_N sessions; DTLS-PSK: $DTLS_N.
 - **RSS KiB/idle session**: a freshly started target, then \`conns --hold $HOLD_FOR\` opens N mutual-TLS sessions and leaves them idle; (VmRSS at the last sample − VmRSS before) ÷ N. For Mosquitto it includes the broker's own per-client state. mqtls gives the memory a burst of handshakes used back to the OS once none has run for 2 s (\`--memory-release-after\`, on by default), which the hold includes; the others keep what their allocator holds. PSS (smaps_rollup) is in the result lines too.
 - **QoS 0 / QoS 1 CPU µs/msg**: \`mqtls-bench pub\`, $PUBLISHERS publishers and $SUBSCRIBERS subscriber, all through the target, $PAYLOAD-byte payloads written $BATCH per write, QoS 0: $PUB0_MSGS, QoS 1: $PUB1_MSGS messages per publisher; the subscriber must receive every message (a run that lost any does not count). Target CPU ÷ (messages in + deliveries out).
-- **ping added**: $PING_N PINGREQ→PINGRESP round trips, one at a time, over one session through the target, minus the same straight to Mosquitto (load tool and broker both on CPU 0). "CPU 1" is the usual pinning: each round trip wakes CPU 1 twice for a proxy (once for Mosquitto's own listener), which costs tens of µs in this VM whatever the target. "same CPU" moves the target to CPU 0 for this run only (\`taskset -apc 0\`), leaving the target's own processing.
+- **ping added**: $PING_N PINGREQ→PINGRESP round trips, one at a time, over one session through the target, minus the same straight to Mosquitto (load tool and broker both on CPU 0). "CPU 1" is the usual pinning: each round trip wakes CPU 1 twice for a proxy (once for Mosquitto's own listener), which costs tens of µs in this VM whatever the target. "same CPU" moves the target to CPU 0 for this run only (\`taskset -apc 0\`), leaving the target's own processing. "busy polling" is a fresh target on CPU 1 with its busy polling on (mqtls \`busy_poll: $BUSY_POLL\`, HAProxy \`busy-polling\`; the others have none): it keeps CPU 1 busy while the session talks, so only the wake-ups of CPU 0 remain.
 - **bulk**: $((BULK_BYTES >> 20)) MiB of 64 KiB QoS 0 PUBLISHes on one session, then a PINGREQ whose PINGRESP marks the end; the proxies forward to \`mqtls-bench sink\` (reads and discards), Mosquitto receives them itself (no subscriber). MB = 10⁶ bytes.
 - Logging as each does by default: mqtls writes its JSON audit line per connection, stunnel its notices, Mosquitto its connection messages (to files); HAProxy and nginx log nothing without a log directive. mqtls's policy is \`client_id: off\` (plain termination, like the peers).
 EOF

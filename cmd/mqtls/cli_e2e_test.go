@@ -52,6 +52,8 @@ func TestBadFlags(t *testing.T) {
 		{"bad --allow expression", mutual("--allow", "("), []string{"--allow"}},
 		{"bad --upstream", tls("--upstream", "nowhere"), []string{"--upstream"}},
 		{"negative --memory-release-after", tls("--memory-release-after", "-1s"), []string{"--memory-release-after", "negative"}},
+		{"--busy-poll too long", tls("--busy-poll", "1s"), []string{"--busy-poll 1s", "want 0 (off) to 100ms"}},
+		{"negative --busy-poll", tls("--busy-poll", "-1ms"), []string{"--busy-poll -1ms", "want 0 (off) to 100ms"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -32,6 +32,7 @@ type fileConfig struct {
 	Log          logFile        `yaml:"log"`
 	DrainTimeout duration       `yaml:"drain_timeout"`
 	MemRelease   *duration      `yaml:"memory_release_after"` // nil: the default; 0: off
+	BusyPoll     duration       `yaml:"busy_poll"`
 }
 
 type adminFile struct {
@@ -515,6 +516,7 @@ func parseConfigFile(path string, data []byte) (serveConfig, error) {
 	if f.DrainTimeout == 0 {
 		cfg.drainTimeout = defaultDrainTimeout
 	}
+	cfg.busyPoll = time.Duration(f.BusyPoll)
 	cfg.memRelease = defaultMemoryRelease
 	if f.MemRelease != nil {
 		cfg.memRelease = time.Duration(*f.MemRelease)
@@ -612,6 +614,9 @@ func commonProblems(cfg *serveConfig, level string, key func(string) string) []e
 	}
 	if cfg.memRelease < 0 {
 		bad("%s %v: must not be negative (0 turns it off)", key("memory_release_after"), cfg.memRelease)
+	}
+	if cfg.busyPoll < 0 || cfg.busyPoll > maxBusyPoll {
+		bad("%s %v: want 0 (off) to %v; the poll holds a CPU this long after each event", key("busy_poll"), cfg.busyPoll, maxBusyPoll)
 	}
 	if cfg.admin.listen != "" {
 		if _, _, err := net.SplitHostPort(cfg.admin.listen); err != nil {

@@ -35,8 +35,10 @@ func TestConfigListenersWithOwnPolicies(t *testing.T) {
 	dir := t.TempDir()
 	pskFile := filepath.Join(dir, "psk")
 	dev := addPSKDevice(t, pskFile, "dev-1")
+	// busy_poll: every listener must work the same with the busy poller on.
 	file := writeConfig(t, dir, "mqtls.yaml", `
 drain_timeout: 5s
+busy_poll: 1ms
 listeners:
   - name: mtls
     listen: 127.0.0.1:0
@@ -123,6 +125,8 @@ func TestConfigErrors(t *testing.T) {
 			`line 1: "30" is not a duration like 10s, 5m or 720h`},
 		{"negative memory release", "memory_release_after: -1s\nlisteners:\n" + listener,
 			"memory_release_after -1s: must not be negative (0 turns it off)"},
+		{"busy poll too long", "busy_poll: 2s\nlisteners:\n" + listener,
+			"busy_poll 2s: want 0 (off) to 100ms; the poll holds a CPU this long after each event"},
 		{"missing listeners", "drain_timeout: 5s\n",
 			"listeners: the file defines none; add at least one"},
 		{"empty file", "",

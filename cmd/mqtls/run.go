@@ -254,6 +254,12 @@ func (v *supervisor) stop(r *running, drain time.Duration) {
 // less, if sig.hardStop fires: a second SIGTERM).
 func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) error {
 	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
+	if cfg.busyPoll > 0 {
+		if err := proxy.SetBusyPoll(cfg.busyPoll); err != nil {
+			return err
+		}
+		defer proxy.SetBusyPoll(0)
+	}
 	m := newMetrics()
 	ready := &readiness{interval: readyInterval}
 	hooks := m.hooks()
