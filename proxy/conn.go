@@ -48,7 +48,6 @@ type conn struct {
 	clientID  string
 	forwarded string
 	level     byte
-	connect   policy.Connect // the first packet as parsed, for answering in its version
 	bytesIn   int64          // device → broker, the CONNECT included
 	bytesOut  int64          // broker → device, a rejection CONNACK included
 	dgram     *datagram.Conn // the framing layer of a DTLS session, nil on TCP
@@ -160,11 +159,12 @@ func (c *conn) run() (parked bool) {
 	if !ok {
 		return false
 	}
-	out, ok := c.bind(secure, pkt)
+	var cp policy.Connect // the first packet as parsed, for answering in its version
+	out, ok := c.bind(secure, pkt, &cp)
 	if !ok {
 		return false
 	}
-	up, ok := c.dial(secure)
+	up, ok := c.dial(secure, &cp)
 	if !ok {
 		return false
 	}
@@ -184,8 +184,9 @@ func (c *conn) run() (parked bool) {
 		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
 		return false
 	}
-	// The parsed CONNECT aliases the packet's bytes: let a long session not keep them.
-	c.connect = policy.Connect{Level: c.connect.Level}
+	// The parsed CONNECT aliases the packet's bytes: let a long session not keep them
+	// (this frame lives as long as the session when the goroutine pipe serves it).
+	cp = policy.Connect{}
 	return c.pipe(secure, up)
 }
 
@@ -312,9 +313,9 @@ func (c *conn) badFirstPacket(reason string, err error) bool {
 
 // bind parses the CONNECT and applies the policy. A refusal is answered with a CONNACK in
 // the client's protocol version; a malformed packet is only closed, as the spec wants.
-func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
-	cp, err := policy.ParseConnect(pkt)
-	c.connect = cp
+func (c *conn) bind(secure net.Conn, pkt []byte, cp *policy.Connect) ([]byte, bool) {
+	var err error
+	*cp, err = policy.ParseConnect(pkt)
 	c.level = cp.Level
 	c.clientID = logString(cp.ClientID)
 	var rej *policy.Reject
@@ -323,19 +324,19 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 	}
 	var d policy.Decision
 	if err == nil {
-		d, err = c.cfg.Policy.Bind(c.ident, &cp)
+		d, err = c.cfg.Policy.Bind(c.ident, cp)
 		errors.As(err, &rej)
 	}
 	if rej != nil {
 		c.outcome, c.reason, c.err = OutcomeRejected, rej.Reason, rej
-		c.refuse(secure, &cp, rej.Code, rej.Reason)
+		c.refuse(secure, cp, rej.Code, rej.Reason)
 		return nil, false
 	}
 	if max := c.cfg.MaxPerIdentity; max > 0 && d.Identity != "" {
 		if !c.srv.identities.acquire(d.Identity, max) {
 			c.outcome, c.reason = OutcomeRejected, ReasonMaxPerIdentity
 			c.err = fmt.Errorf("identity %q already holds %d sessions", d.Identity, max)
-			c.refuse(secure, &cp, policy.CodeServerBusy, ReasonMaxPerIdentity)
+			c.refuse(secure, cp, policy.CodeServerBusy, ReasonMaxPerIdentity)
 			return nil, false
 		}
 		c.heldIdentity = d.Identity
@@ -345,7 +346,7 @@ func (c *conn) bind(secure net.Conn, pkt []byte) ([]byte, bool) {
 }
 
 // dial connects to the broker; when it cannot, the device hears "server unavailable".
-func (c *conn) dial(secure net.Conn) (net.Conn, bool) {
+func (c *conn) dial(secure net.Conn, cp *policy.Connect) (net.Conn, bool) {
 	up, err := dialUpstream(c.srv.ctx, c.cfg)
 	if h := c.cfg.Hooks.UpstreamDial; h != nil {
 		h(c.cfg.name(), err)
@@ -357,7 +358,7 @@ func (c *conn) dial(secure net.Conn) (net.Conn, bool) {
 	if err != nil {
 		c.outcome, c.reason, c.err = OutcomeUpstreamUnavailable, ReasonUpstreamUnavailable, err
 		c.srv.log.Warn().Err(err).Uint64(fieldConnID, c.id).Msg("broker unreachable")
-		c.refuse(secure, &c.connect, policy.CodeServerUnavailable, "broker unavailable")
+		c.refuse(secure, cp, policy.CodeServerUnavailable, "broker unavailable")
 		return nil, false
 	}
 	return up, true
