@@ -21,6 +21,7 @@ func connsCommand(out *output) *cli.Command {
 			&cli.IntFlag{Name: "c", Value: 16, Usage: "sessions being opened at once"},
 			&cli.DurationFlag{Name: "hold", Usage: "keep all sessions open and idle this long, sampling the target's memory (needs --pid)"},
 			&cli.DurationFlag{Name: "sample-interval", Value: time.Second, Usage: "memory sampling interval during --hold"},
+			&cli.BoolFlag{Name: "resume", Usage: "resume TLS sessions with the tickets earlier sessions of this run received (tls, mtls)"},
 		),
 		Action: func(c *cli.Context) error {
 			d, err := dialFrom(c)
@@ -35,7 +36,7 @@ func connsCommand(out *output) *cli.Command {
 			res, err := runConns(ctx, d, connsParams{
 				n: c.Int("n"), concurrency: c.Int("c"), hold: c.Duration("hold"),
 				sampleEvery: c.Duration("sample-interval"), target: target(c.IntSlice("pid")),
-				clientIDPrefix: c.String("client-id-prefix") + "-" + runID(),
+				clientIDPrefix: c.String("client-id-prefix") + "-" + runID(), resume: c.Bool("resume"),
 			})
 			if res != nil {
 				res.header = newHeader(c, "conns")
@@ -53,6 +54,7 @@ type connsParams struct {
 	hold, sampleEvery time.Duration
 	target            target
 	clientIDPrefix    string
+	resume            bool
 }
 
 // connsResult is the line conns prints.
@@ -65,6 +67,8 @@ type connsResult struct {
 	FirstError  string  `json:"first_error,omitempty"`
 	ElapsedS    float64 `json:"elapsed_s"`
 	PerS        float64 `json:"per_s"` // sessions completed (through CONNACK) per second
+	// Resumed counts the completed sessions that resumed a TLS session (--resume only).
+	Resumed *int `json:"resumed,omitempty"`
 	// Connect is dial start to CONNACK; Handshake dial start to the end of the secure
 	// handshake; Connack the CONNECT→CONNACK round trip (the target's upstream dial and the
 	// broker included). Microseconds.
@@ -91,7 +95,10 @@ type holdResult struct {
 	CPU
 }
 
-type connTiming struct{ connect, handshake, connack time.Duration }
+type connTiming struct {
+	connect, handshake, connack time.Duration
+	resumed                     bool
+}
 
 func runConns(ctx context.Context, d *dialConfig, p connsParams) (*connsResult, error) {
 	if p.n <= 0 || p.concurrency <= 0 {
@@ -162,8 +169,15 @@ func runConns(ctx context.Context, d *dialConfig, p connsParams) (*connsResult, 
 	res.ElapsedS = round(elapsed.Seconds(), 3)
 	res.PerS = round(float64(res.OK)/elapsed.Seconds(), 1)
 	var cs, hs, as []time.Duration
+	resumed := 0
 	for _, t := range timings {
 		cs, hs, as = append(cs, t.connect), append(hs, t.handshake), append(as, t.connack)
+		if t.resumed {
+			resumed++
+		}
+	}
+	if p.resume {
+		res.Resumed = &resumed
 	}
 	res.Connect, res.Handshake, res.Connack = summarize(cs), summarize(hs), summarize(as)
 	res.CPU = cpu
@@ -196,7 +210,7 @@ func openSession(ctx context.Context, d *dialConfig, clientID string, keep bool)
 	if err != nil {
 		return connTiming{}, nil, err
 	}
-	t := connTiming{handshake: s.handshake}
+	t := connTiming{handshake: s.handshake, resumed: s.resumed}
 	deadline, _ := ctx.Deadline()
 	_ = s.SetDeadline(deadline)
 	sent := time.Now()

@@ -88,6 +88,7 @@ func (s *sources) pick() net.IP {
 type session struct {
 	net.Conn
 	handshake time.Duration // from dial start to the end of the secure handshake
+	resumed   bool          // a TLS session resumed with a ticket
 }
 
 // dial opens and secures one session. ctx bounds it.
@@ -109,6 +110,7 @@ func (d *dialConfig) dial(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("dialing %s: %w", d.addr, err)
 	}
 	var c net.Conn = raw
+	resumed := false
 	switch d.mode {
 	case modeTLS, modeMTLS:
 		tc := tls.Client(raw, d.tls)
@@ -116,7 +118,7 @@ func (d *dialConfig) dial(ctx context.Context) (*session, error) {
 			raw.Close()
 			return nil, fmt.Errorf("TLS handshake with %s: %w", d.addr, err)
 		}
-		c = tc
+		c, resumed = tc, tc.ConnectionState().DidResume
 	case modePSK:
 		pc := tlspsk.Client(raw, d.psk)
 		if err := pc.HandshakeContext(ctx); err != nil {
@@ -125,7 +127,7 @@ func (d *dialConfig) dial(ctx context.Context) (*session, error) {
 		}
 		c = pc
 	}
-	return &session{Conn: c, handshake: time.Since(start)}, nil
+	return &session{Conn: c, handshake: time.Since(start), resumed: resumed}, nil
 }
 
 func (d *dialConfig) dialDTLS(ctx context.Context) (net.Conn, error) {
@@ -159,6 +161,7 @@ type tlsOptions struct {
 	pskSuite, dtlsSuite    string
 	sourceIPs              string
 	opTimeout              time.Duration
+	resume                 bool
 }
 
 var curves = map[string]tls.CurveID{
@@ -193,6 +196,9 @@ func (o tlsOptions) build() (*dialConfig, error) {
 	if err := loopbackOnly("--addr", o.addr); err != nil {
 		return nil, err
 	}
+	if o.resume && o.mode != modeTLS && o.mode != modeMTLS {
+		return nil, fmt.Errorf("--resume with --mode %s: resumption is for tls and mtls (TLS session tickets)", o.mode)
+	}
 	switch o.mode {
 	case modePlain:
 	case modeTLS, modeMTLS:
@@ -210,6 +216,11 @@ func (o tlsOptions) build() (*dialConfig, error) {
 			return nil, fmt.Errorf("--curve %q: want x25519, p256 or x25519mlkem768", o.curve)
 		}
 		cfg.CurvePreferences = []tls.CurveID{c}
+		if o.resume {
+			// One ticket for the whole run, replaced by each session's new one: every
+			// session but the first few (opened before any ticket came) resumes.
+			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+		}
 		if !o.insecure {
 			if o.ca == "" {
 				return nil, errors.New("--ca is required (or --insecure) to verify the target's certificate")

@@ -231,6 +231,21 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("header: %v", m)
 		}
 	})
+	t.Run("resume", func(t *testing.T) {
+		// One session at a time: the first has no ticket yet, every later one resumes.
+		m := run(t, append([]string{"conns", "--addr", toSink, "--n", "10", "--c", "1", "--resume"}, mtls...)...)
+		if num(t, m, "ok") != 10 || num(t, m, "resumed") != 9 {
+			t.Fatalf("ok/resumed: %v, want 10 sessions of which 9 resumed", m)
+		}
+		if m := run(t, append([]string{"conns", "--addr", toSink, "--n", "3", "--c", "1"}, mtls...)...); m["resumed"] != nil {
+			t.Errorf("resumed reported without --resume: %v", m)
+		}
+		var out bytes.Buffer
+		err := newApp(&out).Run([]string{"mqtls-bench", "conns", "--addr", toSink, "--mode", "psk", "--psk-identity", "a", "--psk-key", "00", "--resume"})
+		if err == nil || !strings.Contains(err.Error(), "--resume with --mode psk") {
+			t.Errorf("--resume with --mode psk: %v", err)
+		}
+	})
 	t.Run("hold", func(t *testing.T) {
 		m := run(t, append([]string{"conns", "--addr", toSink, "--n", "10", "--c", "5", "--hold", "300ms", "--sample-interval", "100ms"}, mtls...)...)
 		if num(t, m, "hold.sessions") != 10 || num(t, m, "hold.held.rss_kib") <= 0 || num(t, m, "hold.held.pss_kib") <= 0 {

@@ -124,6 +124,7 @@ func dialFrom(c *cli.Context) (*dialConfig, error) {
 		pskIdentity: c.String("psk-identity"), pskKey: c.String("psk-key"),
 		pskSuite: c.String("psk-suite"), dtlsSuite: c.String("dtls-suite"),
 		sourceIPs: c.String("source-ips"), opTimeout: c.Duration("op-timeout"),
+		resume: c.Bool("resume"),
 	}.build()
 }
 

@@ -292,6 +292,9 @@ func TestReport(t *testing.T) {
 		`{"cmd":"conns","label":"haproxy","tag":"conns-mtls","per_s":1500,"target_cpu_us_per_conn":150,"failed":0}`,
 		`{"cmd":"conns","label":"haproxy","tag":"conns-mtls","per_s":99999,"target_cpu_us_per_conn":1,"failed":3}`,
 		`{"cmd":"conns","label":"mosquitto","tag":"conns-mtls","per_s":2000,"target_cpu_us_per_conn":300,"failed":0}`,
+		`{"cmd":"conns","label":"mqtls","tag":"conns-resume","ok":3000,"resumed":2990,"per_s":4000,"target_cpu_us_per_conn":90,"failed":0}`,
+		`{"cmd":"conns","label":"stunnel","tag":"conns-resume","ok":3000,"resumed":12,"per_s":600,"target_cpu_us_per_conn":1500,"failed":0}`,
+		`{"cmd":"conns","label":"haproxy","tag":"conns-resume","ok":3000,"resumed":2999,"per_s":3000,"target_cpu_us_per_conn":180,"failed":0}`,
 		`{"cmd":"ping","label":"direct","tag":"ping","rtt_us":{"p50":20,"p99":40}}`,
 		`{"cmd":"ping","label":"mqtls","tag":"ping","rtt_us":{"p50":70,"p99":200}}`,
 		`{"cmd":"ping","label":"mqtls","tag":"ping-busy","rtt_us":{"p50":60,"p99":150}}`,
@@ -329,7 +332,9 @@ func TestReport(t *testing.T) {
 		"| mTLS CPU per session ≤ ⅔ of the best peer's (µs) | 110 | 150 (HAProxy) | no |",
 		"| ping p50 added ≤ 80 µs (target on CPU 1) | 50.0 | — | yes |",
 		"| ping p99 added ≤ 150 µs (target on CPU 1, busy polling) | 110 | 130 (HAProxy) | yes |",
-		"| 50 | 160 | — | — | 40 | 110 |", // mqtls's latency row, busy polling last
+		"| 50 | 160 | — | — | 40 | 110 |",             // mqtls's latency row, busy polling last
+		"| mqtls | 4,000 | 90 |\n| stunnel | — | — |", // stunnel resumed too few to count
+		"| **mqtls ÷ best peer** | 1.33 (HAProxy) | 0.50 (HAProxy) |",
 		"> **Caveat.** noisy",
 		"Test CPU",
 	} {
