@@ -123,16 +123,14 @@ type flow struct {
 	token uint64
 	state atomic.Int32
 
+	pp    *parkedPipe
 	sock  syscall.RawConn // src's socket, armed in the epoll set
 	src   net.Conn        // that socket, for its read deadline while lingering
-	read  func([]byte) (int, error)
+	tr    tryReader       // the device's secure conn; nil: src is the broker's plain socket
 	dst   net.Conn
 	armMu sync.Mutex
 	added bool
 
-	// activity runs after each read that returned bytes (and once at the start): it pushes
-	// the idle deadline on. nil without an idle timeout.
-	activity func()
 	// deadline mirrors src's read deadline (Unix ns, 0 for none), and the timer wakes the
 	// flow when it passes: a parked socket does not see its deadline pass, and the
 	// runtime's own deadline timer may fire just after ours.
@@ -140,8 +138,7 @@ type flow struct {
 	timerMu  sync.Mutex
 	timer    *time.Timer
 
-	n   int64
-	end func(copyResult)
+	n int64
 
 	parkedAt int64 // Unix ns of the last park, 0 before the first; only the runner uses it
 }
@@ -199,13 +196,11 @@ func (f *flow) run() {
 		var err error
 		for err == nil && len(buf)-n >= bufSize {
 			var k int
-			k, err = f.read(buf[n:])
+			k, err = f.tryRead(buf[n:])
 			n += k
 		}
 		if n > 0 {
-			if f.activity != nil {
-				f.activity()
-			}
+			f.active()
 			busyKick()
 			nw, werr := f.dst.Write(buf[:n])
 			f.n += int64(nw)
@@ -322,14 +317,49 @@ func (f *flow) finish(err error) {
 	}
 	f.armMu.Unlock()
 	f.p.remove(f)
-	f.end(copyResult{n: f.n, err: err})
+	f.pp.ended(f, copyResult{n: f.n, err: err})
 }
 
-// parkedPipe is a parked session's two directions.
+func (f *flow) tryRead(p []byte) (int, error) {
+	if f.tr != nil {
+		return f.tr.TryRead(p)
+	}
+	return f.pp.upRead.read(p)
+}
+
+// active pushes the idle deadline on after bytes from the device (a session's idleness is
+// the device's: a broker's keep-alive traffic does not count).
+func (f *flow) active() {
+	pp := f.pp
+	if f != &pp.toUpstream || pp.idle <= 0 || pp.c.closing.Load() {
+		return
+	}
+	t := time.Now().Add(pp.idle)
+	_ = pp.c.device.SetReadDeadline(t)
+	f.setDeadline(t)
+}
+
+// parkedPipe is a parked session's two directions. The flows reach the session through it
+// rather than through closures: an idle session should cost as few allocations as can be.
 type parkedPipe struct {
 	toUpstream, toDevice flow
 	left                 atomic.Int32 // directions not yet ended
 	results              [2]copyResult
+
+	c          *conn
+	device, up net.Conn      // the device's secure conn, the broker's socket
+	idle       time.Duration // the idle timeout, 0 for none
+	upRead     sockTry       // toDevice's reader of the broker's socket
+}
+
+// ended is a direction's end.
+func (pp *parkedPipe) ended(f *flow, r copyResult) {
+	c := pp.c
+	if f == &pp.toUpstream {
+		c.parkedEnd(pp, 0, "device", r, pp.up, pp.device, pp.up, &pp.toDevice)
+		return
+	}
+	c.parkedEnd(pp, 1, "upstream", r, pp.device, pp.up, c.device, &pp.toUpstream)
 }
 
 func (pp *parkedPipe) wake() {
@@ -355,22 +385,12 @@ func (c *conn) parkPipe(device, up net.Conn) bool {
 		})
 		return false
 	}
-	pp := &parkedPipe{}
+	pp := &parkedPipe{c: c, device: device, up: up, idle: max(c.cfg.IdleTimeout, 0)}
 	pp.left.Store(2)
-	pp.toUpstream = flow{p: p, sock: devSock, src: c.device, read: tr.TryRead, dst: up}
-	if d := c.cfg.IdleTimeout; d > 0 {
-		pp.toUpstream.activity = func() {
-			if !c.closing.Load() {
-				t := time.Now().Add(d)
-				_ = c.device.SetReadDeadline(t)
-				pp.toUpstream.setDeadline(t)
-			}
-		}
-		pp.toUpstream.activity()
-	}
-	pp.toDevice = flow{p: p, sock: upSock, src: up, read: socketTryRead(upSock), dst: device}
-	pp.toUpstream.end = func(r copyResult) { c.parkedEnd(pp, 0, "device", r, up, device, up, &pp.toDevice) }
-	pp.toDevice.end = func(r copyResult) { c.parkedEnd(pp, 1, "upstream", r, device, up, c.device, &pp.toUpstream) }
+	pp.upRead.init(upSock)
+	pp.toUpstream = flow{p: p, pp: pp, sock: devSock, src: c.device, tr: tr, dst: up}
+	pp.toDevice = flow{p: p, pp: pp, sock: upSock, src: up, dst: device}
+	pp.toUpstream.active() // the idle timeout runs from the start
 	p.add(&pp.toUpstream)
 	p.add(&pp.toDevice)
 	c.mu.Lock()
@@ -405,39 +425,46 @@ func (c *conn) parkedEnd(pp *parkedPipe, i int, name string, r copyResult, dst, 
 	}
 }
 
-// errWouldBlock is socketTryRead finding nothing to read.
+// errWouldBlock is sockTry finding nothing to read.
 var errWouldBlock = errors.New("proxy: no input ready")
 
-// socketTryRead reads a plain socket without waiting. The read deadline still applies: a
-// passed deadline is an error, as for a blocking read.
-func socketTryRead(sock syscall.RawConn) func([]byte) (int, error) {
-	var (
-		buf  []byte
-		n    int
-		rerr error
-	)
-	fn := func(fd uintptr) bool {
-		for {
-			n, rerr = syscall.Read(int(fd), buf)
-			if rerr != syscall.EINTR {
-				return true
-			}
+// sockTry reads a plain socket without waiting. The read deadline still applies: a passed
+// deadline is an error, as for a blocking read.
+type sockTry struct {
+	sock syscall.RawConn
+	buf  []byte
+	n    int
+	err  error
+	fn   func(uintptr) bool // readFD, made once
+}
+
+func (s *sockTry) init(sock syscall.RawConn) {
+	s.sock = sock
+	s.fn = s.readFD
+}
+
+func (s *sockTry) readFD(fd uintptr) bool {
+	for {
+		s.n, s.err = syscall.Read(int(fd), s.buf)
+		if s.err != syscall.EINTR {
+			return true
 		}
 	}
-	return func(p []byte) (int, error) {
-		buf = p
-		err := sock.Read(fn)
-		buf = nil
-		switch {
-		case err != nil:
-			return 0, err
-		case rerr == syscall.EAGAIN:
-			return 0, errWouldBlock
-		case rerr != nil:
-			return 0, os.NewSyscallError("read", rerr)
-		case n == 0:
-			return 0, io.EOF
-		}
-		return n, nil
+}
+
+func (s *sockTry) read(p []byte) (int, error) {
+	s.buf = p
+	err := s.sock.Read(s.fn)
+	s.buf = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case s.err == syscall.EAGAIN:
+		return 0, errWouldBlock
+	case s.err != nil:
+		return 0, os.NewSyscallError("read", s.err)
+	case s.n == 0:
+		return 0, io.EOF
 	}
+	return s.n, nil
 }
