@@ -80,11 +80,21 @@ func TestDTLSBadInput(t *testing.T) {
 	t.Run("client ID not the identity", func(t *testing.T) {
 		before := scrapeMetrics(t, admin)
 		conn, local := dev.mustDial(t, addr)
-		if _, rc := dtlsRawConnect(t, conn, "spoof"); rc != 0x02 {
+		dc, rc := dtlsRawConnect(t, conn, "spoof")
+		if rc != 0x02 {
 			t.Errorf("CONNACK %#x, want 0x02 (identifier rejected)", rc)
 		}
+		// mqtls leaves the close to the device (up to 2 s): a close_notify right behind
+		// the CONNACK could cost a pion device the CONNACK.
+		const wait = 300 * time.Millisecond
+		time.Sleep(wait)
+		dc.Close()
 		row(t, local, "rejected", "client_id_mismatch",
 			series("mqtls_connect_decisions_total", "listener", "dtls", "outcome", "rejected", "reason", "client_id_mismatch"), before)
+		e := s.dtlsAudit(t, func(e logEntry) bool { return e.str("remote") == local })
+		if ms, _ := e["duration"].(float64); ms < float64(wait.Milliseconds()) || ms > 1500 {
+			t.Errorf("the refused session lasted %v ms; want it to end when the device closed, %v after the CONNACK", ms, wait)
+		}
 	})
 	t.Run("not DTLS at all", func(t *testing.T) {
 		// A datagram that is no DTLS handshake record never becomes a connection.
