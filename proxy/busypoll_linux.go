@@ -51,21 +51,30 @@ func SetBusyPoll(d time.Duration) error {
 	if s := busy.Load(); s != nil && s.d == d {
 		return nil
 	}
+	raw, err := busyEventfd()
+	if err != nil {
+		return fmt.Errorf("busy poll: %w", err)
+	}
+	// A spinner still running for an earlier setting sees it replaced and ends by itself.
+	busy.Store(&spinner{d: d, raw: raw})
+	return nil
+}
+
+// busyEventfd is the eventfd every spinner yields through. It stays open for the life of
+// the process, as the epoll set does.
+var busyEventfd = sync.OnceValues(func() (syscall.RawConn, error) {
 	fd, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if errno != 0 {
-		return fmt.Errorf("busy poll: %w", os.NewSyscallError("eventfd2", errno))
+		return nil, os.NewSyscallError("eventfd2", errno)
 	}
 	f := os.NewFile(fd, "mqtls-busy-poll")
 	raw, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
-		return fmt.Errorf("busy poll: %w", err)
+		return nil, err
 	}
-	// The eventfd stays open for the life of the process, as the epoll set does: a spinner
-	// still running when busy polling is turned off ends by itself.
-	busy.Store(&spinner{d: d, raw: raw})
-	return nil
-}
+	return raw, nil
+})
 
 // busyKick notes that a session read bytes, and starts the spinner if it is not running.
 func busyKick() {

@@ -4,6 +4,7 @@ package proxy_test
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +61,26 @@ func TestBusyPoll(t *testing.T) {
 	time.Sleep(10 * d)
 	if running, after := proxy.BusyPollState(); running || after != before {
 		t.Errorf("quiet session: spinner running %v, %d passes in %v, want it stopped", running, after-before, 10*d)
+	}
+
+	// Changing the setting, as a reloaded configuration may, opens no new descriptor.
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	open := fds()
+	for i := range 10 {
+		if err := proxy.SetBusyPoll(time.Duration(i+1) * time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := proxy.SetBusyPoll(0); err != nil {
+		t.Fatal(err)
+	}
+	if n := fds(); n > open {
+		t.Errorf("%d descriptors open after changing the busy poll ten times, %d before", n, open)
 	}
 }
