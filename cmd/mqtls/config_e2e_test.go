@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
@@ -211,7 +212,7 @@ func TestConfigReload(t *testing.T) {
 	p := newPKI(t)
 	dir := t.TempDir()
 	const tmpl = `
-drain_timeout: 2s
+{{top}}
 listeners:
   - name: keep
     listen: 127.0.0.1:0
@@ -222,7 +223,7 @@ listeners:
     upstream: {{broker}}
     tls: {cert: {{cert}}, key: {{key}}}
 `
-	vars := map[string]string{"broker": b.addr, "cert": p.serverCertFile, "key": p.serverKey, "second": "gone"}
+	vars := map[string]string{"broker": b.addr, "cert": p.serverCertFile, "key": p.serverKey, "second": "gone", "top": "drain_timeout: 2s"}
 	file := writeConfig(t, dir, "mqtls.yaml", tmpl, vars)
 	hup := make(chan struct{}, 1)
 	s := startConfigServer(t, signals{hup: hup}, file, "keep", "gone")
@@ -240,9 +241,18 @@ listeners:
 	b.waitLog(t, " as long-lived ")
 
 	vars["second"] = "added"
+	// Of the top-level settings, busy_poll applies at once; the others are named as
+	// waiting for a restart.
+	vars["top"] = "drain_timeout: 3s\nbusy_poll: 1ms"
 	writeConfig(t, dir, "mqtls.yaml", tmpl, vars)
 	hup <- struct{}{}
 	s.waitLine(t, "listener added", func(e logEntry) bool { return e.str("listener") == "added" })
+	if e := s.waitLine(t, "busy poll changed", nil); e["busy_poll"] != 1.0 {
+		t.Errorf("busy poll changed to %v ms, want 1", e["busy_poll"])
+	}
+	if e := s.waitLine(t, "config reload: these settings take effect when mqtls restarts", nil); fmt.Sprint(e["keys"]) != "[drain_timeout]" {
+		t.Errorf("restart-only keys %v, want [drain_timeout]", e["keys"])
+	}
 	s.waitLine(t, "listener removed", func(e logEntry) bool { return e.str("listener") == "gone" })
 	if n := s.logs.count(func(l string) bool {
 		e, ok := parseEntry(l)

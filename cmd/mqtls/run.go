@@ -254,12 +254,10 @@ func (v *supervisor) stop(r *running, drain time.Duration) {
 // less, if sig.hardStop fires: a second SIGTERM).
 func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) error {
 	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
-	if cfg.busyPoll > 0 {
-		if err := proxy.SetBusyPoll(cfg.busyPoll); err != nil {
-			return err
-		}
-		defer proxy.SetBusyPoll(0)
+	if err := proxy.SetBusyPoll(cfg.busyPoll); err != nil {
+		return err
 	}
+	defer proxy.SetBusyPoll(0)
 	m := newMetrics()
 	ready := &readiness{interval: readyInterval}
 	hooks := m.hooks()
@@ -367,8 +365,11 @@ wait:
 			if cfg.configFile != "" {
 				if next, err := loadConfigFile(cfg.configFile); err != nil {
 					log.Error().Err(err).Msg("config reload failed: keeping the running configuration")
-				} else if err := v.reconfigure(next.listeners, cfg.drainTimeout); err != nil {
-					log.Error().Err(err).Msg("config reload partly failed")
+				} else {
+					cfg.busyPoll = applyTopLevel(log, cfg, next)
+					if err := v.reconfigure(next.listeners, cfg.drainTimeout); err != nil {
+						log.Error().Err(err).Msg("config reload partly failed")
+					}
 				}
 				rl.snapshot()
 			}
@@ -417,4 +418,37 @@ func orDefault(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+// applyTopLevel applies a reloaded file's top-level settings that can change while mqtls
+// runs (busy_poll), and names those that wait for a restart, rather than ignore them
+// silently. It returns the busy poll in force.
+func applyTopLevel(log zerolog.Logger, cfg, next serveConfig) time.Duration {
+	busy := cfg.busyPoll
+	if next.busyPoll != busy {
+		if err := proxy.SetBusyPoll(next.busyPoll); err != nil {
+			log.Error().Err(err).Msg("config reload: keeping the running busy_poll")
+		} else {
+			busy = next.busyPoll
+			log.Info().Dur("busy_poll", busy).Msg("busy poll changed")
+		}
+	}
+	var later []string
+	for _, k := range []struct {
+		key     string
+		changed bool
+	}{
+		{"drain_timeout", next.drainTimeout != cfg.drainTimeout},
+		{"memory_release_after", next.memRelease != cfg.memRelease},
+		{"log", next.logFormat != cfg.logFormat || next.logLevel != cfg.logLevel},
+		{"admin", next.admin != cfg.admin},
+	} {
+		if k.changed {
+			later = append(later, k.key)
+		}
+	}
+	if len(later) > 0 {
+		log.Warn().Strs("keys", later).Msg("config reload: these settings take effect when mqtls restarts")
+	}
+	return busy
 }
