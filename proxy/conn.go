@@ -375,15 +375,11 @@ func (c *conn) refuse(secure net.Conn, cp *policy.Connect, code policy.Code, rea
 	if err != nil {
 		return
 	}
-	if cw, ok := secure.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		_, _ = io.CopyN(io.Discard, secure, 64<<10)
-		return
-	}
-	if c.dgram != nil {
-		// DTLS has no half-close, and a close_notify right behind the CONNACK can cost the
-		// device the CONNACK: pion's Read, for one, picks at random between a record it
-		// holds and the close that followed it. Let the device close first, within the
-		// same linger.
+	// DTLS has no half-close, and a close_notify right behind the CONNACK can cost the
+	// device the CONNACK (pion's Read, for one, picks at random between a record it holds
+	// and the close that followed it): there the device is left to close first.
+	cw, ok := secure.(closeWriter)
+	if c.dgram != nil || ok && cw.CloseWrite() == nil {
 		_, _ = io.CopyN(io.Discard, secure, 64<<10)
 	}
 }
