@@ -10,12 +10,14 @@ import (
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/mqtls/mqtls/internal/sockio"
 )
 
 // tryConn is a socket that claims TryRead, enough for parkPipe to consider parking it.
 type tryConn struct{ *net.TCPConn }
 
-func (tryConn) TryRead([]byte) (int, error) { return 0, errWouldBlock }
+func (tryConn) TryRead([]byte) (int, error) { return 0, sockio.ErrWouldBlock }
 
 // TestParkWithoutPoller: when the epoll set cannot be made, sessions are not parked (the
 // goroutine pipe takes them) and the operator is told once, not once per session.

@@ -4,7 +4,6 @@ package proxy
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/internal/sockio"
 )
 
 // A session piped by two goroutines costs two parked stacks while it is idle (about 8 KiB,
@@ -213,7 +213,7 @@ func (f *flow) run() {
 		flowBufPool.Put(bp)
 		switch {
 		case err == nil:
-		case errors.Is(err, errWouldBlock) || handshake.IsWouldBlock(err):
+		case errors.Is(err, sockio.ErrWouldBlock) || handshake.IsWouldBlock(err):
 			if f.expired() {
 				f.finish(&net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded})
 				return
@@ -324,7 +324,7 @@ func (f *flow) tryRead(p []byte) (int, error) {
 	if f.tr != nil {
 		return f.tr.TryRead(p)
 	}
-	return f.pp.upRead.read(p)
+	return f.pp.upRead.Read(p)
 }
 
 // active pushes the idle deadline on after bytes from the device (a session's idleness is
@@ -347,9 +347,9 @@ type parkedPipe struct {
 	results              [2]copyResult
 
 	c          *conn
-	device, up net.Conn      // the device's secure conn, the broker's socket
-	idle       time.Duration // the idle timeout, 0 for none
-	upRead     sockTry       // toDevice's reader of the broker's socket
+	device, up net.Conn         // the device's secure conn, the broker's socket
+	idle       time.Duration    // the idle timeout, 0 for none
+	upRead     sockio.TryReader // toDevice's reader of the broker's socket
 }
 
 // ended is a direction's end.
@@ -387,7 +387,7 @@ func (c *conn) parkPipe(device, up net.Conn) bool {
 	}
 	pp := &parkedPipe{c: c, device: device, up: up, idle: max(c.cfg.IdleTimeout, 0)}
 	pp.left.Store(2)
-	pp.upRead.init(upSock)
+	pp.upRead.Conn = upSock
 	pp.toUpstream = flow{p: p, pp: pp, sock: devSock, src: c.device, tr: tr, dst: up}
 	pp.toDevice = flow{p: p, pp: pp, sock: upSock, src: up, dst: device}
 	pp.toUpstream.active() // the idle timeout runs from the start
@@ -423,48 +423,4 @@ func (c *conn) parkedEnd(pp *parkedPipe, i int, name string, r copyResult, dst, 
 		c.settle(pp.results[1], pp.results[0])
 		c.finish()
 	}
-}
-
-// errWouldBlock is sockTry finding nothing to read.
-var errWouldBlock = errors.New("proxy: no input ready")
-
-// sockTry reads a plain socket without waiting. The read deadline still applies: a passed
-// deadline is an error, as for a blocking read.
-type sockTry struct {
-	sock syscall.RawConn
-	buf  []byte
-	n    int
-	err  error
-	fn   func(uintptr) bool // readFD, made once
-}
-
-func (s *sockTry) init(sock syscall.RawConn) {
-	s.sock = sock
-	s.fn = s.readFD
-}
-
-func (s *sockTry) readFD(fd uintptr) bool {
-	for {
-		s.n, s.err = syscall.Read(int(fd), s.buf)
-		if s.err != syscall.EINTR {
-			return true
-		}
-	}
-}
-
-func (s *sockTry) read(p []byte) (int, error) {
-	s.buf = p
-	err := s.sock.Read(s.fn)
-	s.buf = nil
-	switch {
-	case err != nil:
-		return 0, err
-	case s.err == syscall.EAGAIN:
-		return 0, errWouldBlock
-	case s.err != nil:
-		return 0, os.NewSyscallError("read", s.err)
-	case s.n == 0:
-		return 0, io.EOF
-	}
-	return s.n, nil
 }

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mqtls/mqtls/internal/sockio"
 )
 
 // Record content types (RFC 5246 §6.2.1).
@@ -91,12 +93,10 @@ type inHalf struct {
 	idle          int
 	err           error // sticky
 
-	// try, set by TryRead, makes fill read the socket without waiting (ErrWouldBlock).
-	try     syscall.RawConn
-	tryBuf  []byte
-	tryN    int
-	tryErr  error
-	tryRead func(fd uintptr) bool // made once
+	// nonblock, set by TryRead, makes fill read the socket through sock, without waiting
+	// (ErrWouldBlock). sock.Conn is set by the first TryRead.
+	nonblock bool
+	sock     sockio.TryReader
 }
 
 // outHalf is the writing direction. Its mutex is held by Write, alerts and Close.
@@ -223,7 +223,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 }
 
 // ErrWouldBlock is what TryRead returns when neither the Conn nor its socket has input.
-var ErrWouldBlock = errors.New("tlspsk: no input ready")
+var ErrWouldBlock = sockio.ErrWouldBlock
 
 // TryRead is Read that never waits for the network: when nothing the Conn holds or the
 // socket has makes a whole record, it returns 0 and ErrWouldBlock, keeping any part of a
@@ -234,18 +234,21 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	if !c.hsDone.Load() || len(b) == 0 {
 		return c.Read(b)
 	}
-	sc, ok := c.conn.(syscall.Conn)
-	if !ok {
-		return c.Read(b)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return c.Read(b)
-	}
 	c.in.mu.Lock()
+	if c.in.sock.Conn == nil {
+		if sc, ok := c.conn.(syscall.Conn); ok {
+			if raw, err := sc.SyscallConn(); err == nil {
+				c.in.sock.Conn = raw
+			}
+		}
+		if c.in.sock.Conn == nil {
+			c.in.mu.Unlock()
+			return c.Read(b)
+		}
+	}
 	defer c.in.mu.Unlock()
-	c.in.try = raw
-	defer func() { c.in.try = nil }()
+	c.in.nonblock = true
+	defer func() { c.in.nonblock = false }()
 	return c.readLocked(b)
 }
 
@@ -270,35 +273,6 @@ func (c *Conn) readLocked(b []byte) (int, error) {
 		c.in.releaseRaw()
 	}
 	return n, nil
-}
-
-// readSocket reads what the socket has into p without waiting (TryRead's fill).
-func (c *Conn) readSocket(p []byte) (int, error) {
-	in := &c.in
-	if in.tryRead == nil {
-		in.tryRead = func(fd uintptr) bool {
-			for {
-				in.tryN, in.tryErr = syscall.Read(int(fd), in.tryBuf)
-				if in.tryErr != syscall.EINTR {
-					return true
-				}
-			}
-		}
-	}
-	in.tryBuf = p
-	err := in.try.Read(in.tryRead)
-	in.tryBuf = nil
-	switch {
-	case err != nil:
-		return 0, err
-	case in.tryErr == syscall.EAGAIN:
-		return 0, ErrWouldBlock
-	case in.tryErr != nil:
-		return 0, os.NewSyscallError("read", in.tryErr)
-	case in.tryN == 0:
-		return 0, io.EOF
-	}
-	return in.tryN, nil
 }
 
 // recordBufPool holds record-sized buffers, so that an idle session owns none: Read gives
@@ -547,8 +521,8 @@ func (c *Conn) fill(n int) error {
 	for len(in.raw) < n {
 		var m int
 		var err error
-		if in.try != nil {
-			m, err = c.readSocket(in.raw[len(in.raw):cap(in.raw)])
+		if in.nonblock {
+			m, err = in.sock.Read(in.raw[len(in.raw):cap(in.raw)])
 		} else {
 			m, err = c.conn.Read(in.raw[len(in.raw):cap(in.raw)])
 		}
