@@ -19,15 +19,19 @@ const (
 	KindNone        Kind = iota // no proof: one-way TLS, or a client certificate was optional and absent
 	KindCertificate             // a client certificate that verified against the client CA
 	KindPSK                     // a pre-shared key looked up by its identity
+	KindPinnedKey               // a leaf whose public key is listed by name; nothing chained through it
 )
 
-// String returns the name used in logs and config: "none", "certificate" or "psk".
+// String returns the name used in logs and config: "none", "certificate", "psk" or
+// "pinned_key".
 func (k Kind) String() string {
 	switch k {
 	case KindCertificate:
 		return "certificate"
 	case KindPSK:
 		return "psk"
+	case KindPinnedKey:
+		return "pinned_key"
 	default:
 		return "none"
 	}
@@ -48,6 +52,9 @@ type Identity struct {
 	URIs               []string // SPIFFE IDs among them
 	Emails             []string
 	Fingerprint        string // lower-case hex SHA-256 of the leaf's DER
+
+	// KeyName is the operator's name for a pinned public key (KindPinnedKey).
+	KeyName string
 
 	// PSKIdentity is the identity the client sent with a pre-shared key (KindPSK).
 	PSKIdentity string
