@@ -130,33 +130,12 @@ func (ca *CA) Issue(t Template) (*Cert, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuing %q: %w", t.CommonName, err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	return &Cert{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("PRIVATE KEY", keyDER)}, nil
+	return newCert(der, key)
 }
 
 // CRL returns a PEM CRL signed by ca that revokes the given certificates and is valid for a day.
 func (ca *CA) CRL(revoked ...*x509.Certificate) ([]byte, error) {
-	tmpl := &x509.RevocationList{
-		Number:     nextSerial(),
-		ThisUpdate: time.Now().Add(-time.Hour),
-		NextUpdate: time.Now().Add(24 * time.Hour),
-	}
-	for _, c := range revoked {
-		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
-			x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now().Add(-time.Minute)})
-	}
-	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
-	if err != nil {
-		return nil, fmt.Errorf("creating CRL: %w", err)
-	}
-	return pemBlock("X509 CRL", der), nil
+	return ca.CRLWindow(time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour), revoked...)
 }
 
 // TLSCertificate returns c as a tls.Certificate for in-process clients and servers.
@@ -194,4 +173,111 @@ func (c *Cert) Files(dir, name string) (certFile, keyFile string, err error) {
 
 func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// NewSelfSigned creates an ECDSA P-256 certificate for cn signed by its own key, as
+// `openssl req -x509` makes it: basic constraints CA:TRUE, no key usage, no extended key
+// usage. Fleets without a CA give each device one of these and pin its key.
+func NewSelfSigned(cn string) (*Cert, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          nextSerial(),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("creating self-signed %q: %w", cn, err)
+	}
+	return newCert(der, key)
+}
+
+// AsCA returns c as an issuer, so a test can sign with a device's key what an attacker
+// would: a certificate for another device, chained through c.
+func (c *Cert) AsCA() *CA { return &CA{Cert: c.Cert, Key: c.Key, CertPEM: c.CertPEM} }
+
+// Intermediate issues a CA certificate named cn under ca, allowed to issue leaves.
+func (ca *CA) Intermediate(cn string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          nextSerial(),
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"mqtls test"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("creating intermediate %q: %w", cn, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der)}, nil
+}
+
+// Rename returns a CA with ca's key under a new self-signed certificate named cn: the
+// same key, another name, for CRLs whose issuer name does not match the key's CA.
+func (ca *CA) Rename(cn string) (*CA, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber:          nextSerial(),
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"mqtls test"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ca.Key.Public(), ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("renaming CA to %q: %w", cn, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, Key: ca.Key, CertPEM: pemBlock("CERTIFICATE", der)}, nil
+}
+
+// CRLWindow is CRL with explicit thisUpdate and nextUpdate, e.g. to make an expired CRL.
+func (ca *CA) CRLWindow(thisUpdate, nextUpdate time.Time, revoked ...*x509.Certificate) ([]byte, error) {
+	tmpl := &x509.RevocationList{Number: nextSerial(), ThisUpdate: thisUpdate, NextUpdate: nextUpdate}
+	for _, c := range revoked {
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+			x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: thisUpdate})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("creating CRL: %w", err)
+	}
+	return pemBlock("X509 CRL", der), nil
+}
+
+// PublicKeyPEM returns c's public key as a PEM "PUBLIC KEY" block (SubjectPublicKeyInfo),
+// as `openssl pkey -pubout` writes it.
+func (c *Cert) PublicKeyPEM() []byte { return pemBlock("PUBLIC KEY", c.Cert.RawSubjectPublicKeyInfo) }
+
+func newCert(der []byte, key *ecdsa.PrivateKey) (*Cert, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Cert{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("PRIVATE KEY", keyDER)}, nil
 }
