@@ -3,7 +3,6 @@ package handshake
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -129,15 +128,8 @@ func (s *DTLSServer) verify(st *dtls.State) error {
 	if len(st.IdentityHint) > 0 {
 		return nil
 	}
-	certs := make([]*x509.Certificate, 0, len(st.PeerCertificates))
-	for _, der := range st.PeerCertificates {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return &Error{Reason: ReasonUntrustedCert, Err: fmt.Errorf("parsing client certificate: %w", err)}
-		}
-		certs = append(certs, c)
-	}
-	return s.cfg.TLS.verifyChain(certs)
+	_, err := s.cfg.TLS.identifyDER(st.PeerCertificates)
+	return err
 }
 
 // Handshake runs the DTLS handshake on c, a connection from the listener ListenDTLS made.
@@ -159,11 +151,12 @@ func (s *DTLSServer) Handshake(ctx context.Context, c net.Conn) (net.Conn, Ident
 	case len(st.IdentityHint) > 0:
 		id = Identity{Kind: KindPSK, PSKIdentity: string(st.IdentityHint)}
 	case len(st.PeerCertificates) > 0 && s.cfg.TLS != nil && s.cfg.TLS.auth != ClientAuthNone:
-		leaf, err := x509.ParseCertificate(st.PeerCertificates[0])
-		if err != nil { // verified in verify already; cannot happen
-			return nil, Identity{}, &Error{Reason: ReasonUntrustedCert, Err: err}
+		// Checked again, not only in verify: pion keeps no result of it, and a reload in
+		// between must not name a device by files that no longer accept it.
+		var err error
+		if id, err = s.cfg.TLS.identifyDER(st.PeerCertificates); err != nil {
+			return nil, Identity{}, err
 		}
-		id = FromCertificate(leaf)
 	}
 	id.TLSVersion, id.CipherSuite, id.DTLS = 0xfefd, uint16(st.CipherSuiteID), true
 	return dc, id, nil

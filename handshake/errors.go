@@ -20,6 +20,17 @@ const (
 	ReasonNotYetValidCert = "not_yet_valid_cert"
 	ReasonRevokedCert     = "revoked_cert"
 	ReasonBadCertUsage    = "bad_cert_usage"
+	// ReasonCRLExpired: the CRLs of a CA in the chain are past their nextUpdate (and any
+	// grace), so whether the certificate is revoked is not known.
+	ReasonCRLExpired = "crl_expired"
+	// ReasonCRLMissing: CRLs are configured but a CA in the chain (one the client sent and
+	// the client-CA file lacks) has none, so its certificates cannot be checked.
+	ReasonCRLMissing = "crl_missing"
+	// ReasonKeyNotPinned: the listener trusts pinned keys only, and the leaf's is not one.
+	ReasonKeyNotPinned = "key_not_pinned"
+	// ReasonIdentityChanged: after a reload, the session's device would be named otherwise
+	// (a pinned key renamed, or newly pinned): the broker must not keep the old name.
+	ReasonIdentityChanged = "identity_changed"
 	ReasonTimeout         = "handshake_timeout"
 	ReasonClientClosed    = "client_closed"
 	ReasonFailed          = "handshake_failed"

@@ -64,12 +64,20 @@ type Identity struct {
 	CipherSuite uint16
 	DTLS        bool
 
-	// For revocation checks after a CRL reload: the leaf's raw issuer and decimal serial.
-	issuer, serialDec string
+	// chain is what the client presented, leaf first, for re-checking the session after a
+	// reload (TLSServer.StillValid). For TLS it is the slice crypto/tls keeps for the
+	// connection anyway, so a session pays one slice header for it.
+	chain []*x509.Certificate
 }
 
 // FromCertificate fills the certificate fields of an Identity from a verified leaf.
 func FromCertificate(leaf *x509.Certificate) Identity {
+	id := fromLeaf(leaf)
+	id.chain = []*x509.Certificate{leaf}
+	return id
+}
+
+func fromLeaf(leaf *x509.Certificate) Identity {
 	sum := sha256.Sum256(leaf.Raw)
 	id := Identity{
 		Kind:               KindCertificate,
@@ -80,8 +88,6 @@ func FromCertificate(leaf *x509.Certificate) Identity {
 		DNSNames:           leaf.DNSNames,
 		Emails:             leaf.EmailAddresses,
 		Fingerprint:        hex.EncodeToString(sum[:]),
-		issuer:             string(leaf.RawIssuer),
-		serialDec:          leaf.SerialNumber.String(),
 	}
 	for _, u := range leaf.URIs {
 		id.URIs = append(id.URIs, u.String())

@@ -112,6 +112,27 @@ const (
 // maxPSKErrors of them, then how many more), and no error contains a key.
 func ParsePSKs(name string, data []byte, f PSKFormat) (map[string][]byte, error) {
 	keys := map[string][]byte{}
+	err := scanLines(name, "PSK", data, func(line string, _ int) error {
+		id, key, err := parsePSKLine(line, f)
+		if err != nil {
+			return err
+		}
+		if _, dup := keys[id]; dup {
+			return fmt.Errorf("identity %q appears twice; each device needs exactly one key", id)
+		}
+		keys[id] = key
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return keys, nil
+}
+
+// scanLines calls fn with each line of the file called name, trimmed, skipping blank lines
+// and lines starting with #. The errors fn returns are collected, each prefixed "name:line: "
+// (the first maxPSKErrors of them, then how many more), and returned together.
+func scanLines(name, kind string, data []byte, fn func(line string, n int) error) error {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 0, 4096), maxPSKLine)
 	var errs []error
@@ -122,33 +143,22 @@ func ParsePSKs(name string, data []byte, f PSKFormat) (map[string][]byte, error)
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		id, key, err := parsePSKLine(line, f)
-		if err == nil {
-			if _, dup := keys[id]; dup {
-				err = fmt.Errorf("identity %q appears twice; each device needs exactly one key", id)
-			}
-		}
-		if err != nil {
+		if err := fn(line, n); err != nil {
 			if bad++; bad <= maxPSKErrors {
 				errs = append(errs, fmt.Errorf("%s:%d: %w", name, n, err))
 			}
-			continue
 		}
-		keys[id] = key
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, fmt.Errorf("%s:%d: line longer than %d bytes: is this a PSK file?", name, n, maxPSKLine)
+			return fmt.Errorf("%s:%d: line longer than %d bytes: is this a %s file?", name, n, maxPSKLine, kind)
 		}
-		return nil, fmt.Errorf("reading PSK file %s: %w", name, err)
+		return fmt.Errorf("reading %s file %s: %w", kind, name, err)
 	}
 	if bad > maxPSKErrors {
 		errs = append(errs, fmt.Errorf("%s: %d more bad lines not shown (%d in all)", name, bad-maxPSKErrors, bad))
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return keys, nil
+	return errors.Join(errs...)
 }
 
 func parsePSKLine(line string, f PSKFormat) (string, []byte, error) {

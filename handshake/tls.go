@@ -1,6 +1,7 @@
 package handshake
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -46,27 +47,41 @@ func (a ClientAuth) String() string {
 // usable: CertFile and KeyFile are required.
 type TLSConfig struct {
 	CertFile, KeyFile string
-	// ClientCAFile is a PEM bundle of the CAs that issue device certificates. Setting it
-	// is what turns client certificates on.
+	// ClientCAFile is a PEM bundle of the CAs that issue device certificates. A certificate
+	// in it that another certificate in it issued is an intermediate (checked against its
+	// issuer's CRL); the others are trust anchors.
 	ClientCAFile string
-	ClientAuth   ClientAuth // default ClientAuthNone; must not be none when ClientCAFile is set
-	// CRLFiles are PEM or DER CRLs, each signed by a CA in ClientCAFile, checked on every
-	// handshake, resumed ones included.
-	CRLFiles   []string
+	// ClientKeysFile lists devices trusted by their public key alone (see ParseKeys for the
+	// format). A leaf whose key is listed is the device of that name, whatever it claims
+	// and whether or not a client CA would also verify it; nothing is ever chained through
+	// it. Setting ClientCAFile or ClientKeysFile is what turns client certificates on.
+	ClientKeysFile string
+	ClientAuth     ClientAuth // default ClientAuthNone; must not be none when client certificates are on
+	// CRLFiles are PEM (one or more CRLs each) or DER CRLs, checked on every handshake,
+	// resumed ones included. Every CRL must belong to a CA in ClientCAFile (its name and
+	// key), and every CA there must then have one.
+	CRLFiles []string
+	// CRLGrace is how long past a CRL's nextUpdate it still counts. The default, 0, refuses
+	// the certificates of a CA whose CRLs are all stale (crl_expired), as OpenSSL does;
+	// a grace trades that for availability while a late CRL is republished.
+	CRLGrace   time.Duration
 	MinVersion uint16 // tls.VersionTLS12 (the default) or tls.VersionTLS13
 }
 
 // Validate reports a configuration that cannot work, naming the field and the fix.
 func (c TLSConfig) Validate() error {
+	clientCerts := c.ClientCAFile != "" || c.ClientKeysFile != ""
 	switch {
 	case c.CertFile == "" || c.KeyFile == "":
 		return errors.New("a server certificate and key are both required")
-	case c.ClientCAFile == "" && c.ClientAuth != ClientAuthNone:
-		return fmt.Errorf("client auth %q needs a client CA file", c.ClientAuth)
-	case c.ClientCAFile != "" && c.ClientAuth == ClientAuthNone:
-		return errors.New("a client CA file is set but client auth is none: use request or require")
+	case !clientCerts && c.ClientAuth != ClientAuthNone:
+		return fmt.Errorf("client auth %q needs a client CA file or a client keys file", c.ClientAuth)
+	case clientCerts && c.ClientAuth == ClientAuthNone:
+		return errors.New("a client CA file or client keys file is set but client auth is none: use request or require")
 	case len(c.CRLFiles) > 0 && c.ClientCAFile == "":
 		return errors.New("CRL files need a client CA file to check them against")
+	case c.CRLGrace < 0:
+		return fmt.Errorf("CRL grace %v is negative", c.CRLGrace)
 	case c.MinVersion != 0 && c.MinVersion != tls.VersionTLS12 && c.MinVersion != tls.VersionTLS13:
 		return fmt.Errorf("minimum TLS version %#04x is not supported: use TLS 1.2 or 1.3", c.MinVersion)
 	}
@@ -75,10 +90,12 @@ func (c TLSConfig) Validate() error {
 
 // tlsMaterial is everything read from files; a reload swaps the whole of it at once.
 type tlsMaterial struct {
-	cert  *tls.Certificate
-	roots *x509.CertPool
-	// revoked maps a CA's raw subject to the serials (decimal) its CRLs revoke.
-	revoked map[string]map[string]struct{}
+	cert *tls.Certificate
+	// roots are the trust anchors of the client-CA file, inters the certificates in it that
+	// another one there issued. Both nil without a client-CA file.
+	roots, inters *x509.CertPool
+	crls          crlSet    // nil: no CRL configured, so no revocation check
+	keys          *KeyStore // nil: no pinned keys
 	// files describes what was loaded, for expiry monitoring and mqtls check.
 	files []FileInfo
 }
@@ -88,8 +105,12 @@ type FileInfo struct {
 	File    string
 	Role    string // "server", "client_ca" or "crl"
 	Subject string // the certificate's subject, or the CRL's issuer
-	// NotAfter is the certificate's expiry, or the CRL's next update (zero if it has none).
+	// NotAfter is the certificate's expiry, or the CRL's nextUpdate.
 	NotAfter time.Time
+	// ThisUpdate is a CRL's issue time; Block its place in File, from 1 (a PEM file may
+	// hold several CRLs). Both are zero for certificates.
+	ThisUpdate time.Time
+	Block      int
 }
 
 // TLSServer performs TLS and mutual-TLS handshakes with crypto/tls.
@@ -153,20 +174,43 @@ func (s *TLSServer) Reload() error {
 	return nil
 }
 
-// Files describes the certificates and CRLs in use.
+// Files describes the certificates and CRLs in use, one entry per CRL.
 func (s *TLSServer) Files() []FileInfo { return s.material.Load().files }
+
+// Keys returns the pinned keys in use, or nil when the server has none.
+func (s *TLSServer) Keys() *KeyStore { return s.material.Load().keys }
 
 // Config returns the configuration the server was built from.
 func (s *TLSServer) Config() TLSConfig { return s.cfg }
 
-// Revoked reports whether id's certificate is revoked by the CRLs now loaded: after a
-// reload, sessions that authenticated before may be closed with it.
+// Revoked reports whether the files now loaded would refuse the session id came from, or
+// name it differently: after a reload, sessions that authenticated before may be closed
+// with it. That covers a certificate revoked by a CRL (the leaf or any CA of its chain,
+// whether the device sent that CA or not), a chain that no longer verifies (its CA
+// removed), a pinned key removed or renamed, and a device that would now be named by a
+// pinned key. A CRL that merely went stale does not end sessions: it says nothing new
+// about any device, and new handshakes are refused until it is renewed.
 func (s *TLSServer) Revoked(id Identity) bool {
-	if id.Kind != KindCertificate || id.issuer == "" {
-		return false
+	return s.StillValid(id) != nil
+}
+
+// StillValid re-checks id's credentials against the files now loaded (see Revoked) and
+// returns why they no longer hold, as an *Error with a reason, or nil.
+func (s *TLSServer) StillValid(id Identity) error {
+	if id.Kind != KindCertificate && id.Kind != KindPinnedKey {
+		return nil
 	}
-	_, revoked := s.material.Load().revoked[id.issuer][id.serialDec]
-	return revoked
+	if len(id.chain) == 0 { // built by FromCertificate from nothing: nothing to re-check
+		return &Error{Reason: ReasonUntrustedCert, Err: errors.New("the session kept no certificate to re-check")}
+	}
+	name, err := s.material.Load().check(id.chain, time.Now(), -1)
+	if err != nil {
+		return err
+	}
+	if name != id.KeyName {
+		return &Error{Reason: ReasonIdentityChanged, Err: fmt.Errorf("the device is now named %q by the pinned keys, not %q", name, id.KeyName)}
+	}
+	return nil
 }
 
 func loadTLSMaterial(c TLSConfig) (*tlsMaterial, error) {
@@ -178,8 +222,13 @@ func loadTLSMaterial(c TLSConfig) (*tlsMaterial, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parsing server certificate %s: %w", c.CertFile, err)
 	}
-	m := &tlsMaterial{cert: &cert, revoked: map[string]map[string]struct{}{}}
+	m := &tlsMaterial{cert: &cert}
 	m.files = append(m.files, FileInfo{File: c.CertFile, Role: "server", Subject: leaf.Subject.String(), NotAfter: leaf.NotAfter})
+	if c.ClientKeysFile != "" {
+		if m.keys, err = LoadKeyFile(c.ClientKeysFile); err != nil {
+			return nil, err
+		}
+	}
 	if c.ClientCAFile == "" {
 		return m, nil
 	}
@@ -187,17 +236,40 @@ func loadTLSMaterial(c TLSConfig) (*tlsMaterial, error) {
 	if err != nil {
 		return nil, err
 	}
-	m.roots = x509.NewCertPool()
+	m.roots, m.inters = x509.NewCertPool(), x509.NewCertPool()
+	anchors := 0
 	for _, ca := range cas {
-		m.roots.AddCert(ca)
+		// A certificate another one in the file issued is an intermediate, so a chain runs
+		// through it to that issuer and its revocation is checked, whether the device sends
+		// it or not. The others are anchors: a file holding only an intermediate anchors
+		// trust there, as before.
+		if issuedInFile(ca, cas) {
+			m.inters.AddCert(ca)
+		} else {
+			m.roots.AddCert(ca)
+			anchors++
+		}
 		m.files = append(m.files, FileInfo{File: c.ClientCAFile, Role: "client_ca", Subject: ca.Subject.String(), NotAfter: ca.NotAfter})
 	}
-	for _, f := range c.CRLFiles {
-		if err := m.addCRL(f, cas); err != nil {
+	if anchors == 0 {
+		return nil, fmt.Errorf("client CA file %s: every certificate in it is issued by another one in it, so none can be the trust anchor", c.ClientCAFile)
+	}
+	if len(c.CRLFiles) > 0 {
+		if err := m.loadCRLs(c.CRLFiles, c.ClientCAFile, cas); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// issuedInFile reports whether another certificate of cas issued c.
+func issuedInFile(c *x509.Certificate, cas []*x509.Certificate) bool {
+	for _, p := range cas {
+		if p != c && !bytes.Equal(p.Raw, c.Raw) && bytes.Equal(c.RawIssuer, p.RawSubject) && c.CheckSignatureFrom(p) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func readCertificates(file string) ([]*x509.Certificate, error) {
@@ -227,78 +299,87 @@ func readCertificates(file string) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-func (m *tlsMaterial) addCRL(file string, cas []*x509.Certificate) error {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return fmt.Errorf("reading CRL: %w", err)
-	}
-	if block, _ := pem.Decode(data); block != nil {
-		if block.Type != "X509 CRL" {
-			return fmt.Errorf("CRL file %s: PEM block is %q, want \"X509 CRL\"", file, block.Type)
-		}
-		data = block.Bytes
-	}
-	crl, err := x509.ParseRevocationList(data)
-	if err != nil {
-		return fmt.Errorf("parsing CRL file %s: %w", file, err)
-	}
-	for _, ca := range cas {
-		if crl.CheckSignatureFrom(ca) != nil {
-			continue
-		}
-		key := string(ca.RawSubject)
-		set := m.revoked[key]
-		if set == nil {
-			set = map[string]struct{}{}
-			m.revoked[key] = set
-		}
-		for _, e := range crl.RevokedCertificateEntries {
-			set[e.SerialNumber.String()] = struct{}{}
-		}
-		m.files = append(m.files, FileInfo{File: file, Role: "crl", Subject: crl.Issuer.String(), NotAfter: crl.NextUpdate})
-		return nil
-	}
-	return fmt.Errorf("CRL file %s (issuer %q) is not signed by any CA in the client CA file", file, crl.Issuer)
+// verify checks the client's certificates against the current material. The error it
+// returns is the one crypto/tls hands back from the handshake, so it carries the reason.
+func (s *TLSServer) verify(cs tls.ConnectionState) error {
+	_, err := s.checkPeer(s.material.Load(), cs.PeerCertificates)
+	return err
 }
 
-// verify checks the client chain against the current roots and CRLs. The error it returns
-// is the one crypto/tls hands back from the handshake, so it carries the reason.
-func (s *TLSServer) verify(cs tls.ConnectionState) error { return s.verifyChain(cs.PeerCertificates) }
-
-// verifyChain checks the certificates a client sent, leaf first.
-func (s *TLSServer) verifyChain(certs []*x509.Certificate) error {
+// checkPeer is check for what a client sent in a handshake: no certificate is an error
+// only when one is required.
+func (s *TLSServer) checkPeer(m *tlsMaterial, certs []*x509.Certificate) (keyName string, err error) {
 	if len(certs) == 0 {
 		if s.auth == ClientAuthRequire {
-			return &Error{Reason: ReasonNoClientCert, Err: errors.New("the client sent no certificate")}
+			return "", &Error{Reason: ReasonNoClientCert, Err: errors.New("the client sent no certificate")}
 		}
-		return nil
+		return "", nil
 	}
-	m := s.material.Load()
+	return m.check(certs, time.Now(), s.cfg.CRLGrace)
+}
+
+// check decides what certs (leaf first, as the client sent them) prove at now: the name
+// of a pinned key, or "" for a chain to a client CA that verified and that no CRL revokes.
+// A negative grace skips the CRLs' freshness (for re-checking established sessions).
+func (m *tlsMaterial) check(certs []*x509.Certificate, now time.Time, grace time.Duration) (string, error) {
 	leaf := certs[0]
+	// A listed key wins: the operator named this device by its key. Its certificate is only
+	// the key's wrapper, signed by the device itself, so its dates and extensions say
+	// nothing the operator did not already decide by listing the key.
+	if name, ok := m.keys.Lookup(leaf); ok {
+		return name, nil
+	}
+	if m.roots == nil {
+		return "", &Error{Reason: ReasonKeyNotPinned, Err: fmt.Errorf("client certificate %q: its key is not in the pinned-key file", leaf.Subject.CommonName)}
+	}
 	opts := x509.VerifyOptions{
 		Roots:         m.roots,
-		Intermediates: x509.NewCertPool(),
+		Intermediates: m.inters,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		CurrentTime:   now,
 	}
-	for _, c := range certs[1:] {
-		opts.Intermediates.AddCert(c)
+	if len(certs) > 1 {
+		opts.Intermediates = m.inters.Clone()
+		for _, c := range certs[1:] {
+			opts.Intermediates.AddCert(c)
+		}
 	}
 	chains, err := leaf.Verify(opts)
 	if err != nil {
-		return &Error{Reason: verifyReason(err, leaf), Err: fmt.Errorf("client certificate %q: %w", leaf.Subject.CommonName, err)}
+		return "", &Error{Reason: verifyReason(err), Err: fmt.Errorf("client certificate %q: %w", leaf.Subject.CommonName, err)}
 	}
+	if m.crls == nil {
+		return "", nil
+	}
+	// Every chain crypto/x509 built, and in each every certificate but the anchor, is
+	// checked against its issuer's CRLs: which chain the client steered towards must not
+	// matter. Revocation is looked for everywhere before freshness, so that a revoked
+	// device is told so even by a stale CRL.
+	var stale error
 	for _, chain := range chains {
 		for i := 0; i+1 < len(chain); i++ {
-			if _, revoked := m.revoked[string(chain[i+1].RawSubject)][chain[i].SerialNumber.String()]; revoked {
-				return &Error{Reason: ReasonRevokedCert, Err: fmt.Errorf("certificate %q (serial %x) is revoked by a CRL of %q",
-					chain[i].Subject.CommonName, chain[i].SerialNumber, chain[i+1].Subject.CommonName)}
+			c, issuer := chain[i], chain[i+1]
+			crls := m.crls.lookup(issuer)
+			if crls == nil {
+				// Only an intermediate the client sent can lack CRLs: loading made sure
+				// every CA in the client-CA file has some.
+				return "", &Error{Reason: ReasonCRLMissing, Err: fmt.Errorf("certificate %q is issued by %q, which has no CRL loaded: add that CA and its CRL to the client CA and CRL files",
+					c.Subject.CommonName, issuer.Subject)}
+			}
+			if _, revoked := crls.revoked[c.SerialNumber.String()]; revoked {
+				return "", &Error{Reason: ReasonRevokedCert, Err: fmt.Errorf("certificate %q (serial %x) is revoked by a CRL of %q",
+					c.Subject.CommonName, c.SerialNumber, issuer.Subject.CommonName)}
+			}
+			if grace >= 0 && now.After(crls.nextUpdate.Add(grace)) && stale == nil {
+				stale = &Error{Reason: ReasonCRLExpired, Err: fmt.Errorf("the CRLs of %q were due for renewal at %s: certificate %q cannot be checked",
+					issuer.Subject, crls.nextUpdate.UTC().Format(time.RFC3339), c.Subject.CommonName)}
 			}
 		}
 	}
-	return nil
+	return "", stale
 }
 
-func verifyReason(err error, leaf *x509.Certificate) string {
+func verifyReason(err error) string {
 	var invalid x509.CertificateInvalidError
 	if errors.As(err, &invalid) {
 		switch invalid.Reason {
@@ -314,6 +395,36 @@ func verifyReason(err error, leaf *x509.Certificate) string {
 	return ReasonUntrustedCert
 }
 
+// identifyDER checks the DER certificates a DTLS client sent against the current material
+// and returns the Identity they prove.
+func (s *TLSServer) identifyDER(ders [][]byte) (Identity, error) {
+	certs := make([]*x509.Certificate, 0, len(ders))
+	for _, der := range ders {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return Identity{}, &Error{Reason: ReasonUntrustedCert, Err: fmt.Errorf("parsing client certificate: %w", err)}
+		}
+		certs = append(certs, c)
+	}
+	keyName, err := s.checkPeer(s.material.Load(), certs)
+	if err != nil || len(certs) == 0 {
+		return Identity{}, err
+	}
+	return identify(certs, keyName), nil
+}
+
+// identify builds the Identity of a session whose certificates check accepted: a pinned
+// key when keyName is set, a certificate otherwise. certs is kept (not copied) so that
+// StillValid can re-check them after a reload.
+func identify(certs []*x509.Certificate, keyName string) Identity {
+	id := fromLeaf(certs[0])
+	id.chain = certs
+	if keyName != "" {
+		id.Kind, id.KeyName = KindPinnedKey, keyName
+	}
+	return id
+}
+
 // Handshake runs the server side of a TLS handshake on c. The caller sets c's deadline;
 // ctx cancels the handshake early (on shutdown). On success the returned conn is a *Conn and
 // the Identity describes the client; on failure the error is an *Error with a Reason.
@@ -326,14 +437,27 @@ func (s *TLSServer) handshake(ctx context.Context, c net.Conn, peeked []byte) (n
 	rc := newRecordConn(c)
 	rc.preload(peeked)
 	tc := tls.Server(rc, s.config)
+	before := s.material.Load()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, Identity{}, classify(err)
 	}
 	cs := tc.ConnectionState()
 	var id Identity
-	// The chain was verified in VerifyConnection; a certificate here is one that passed.
 	if s.auth != ClientAuthNone && len(cs.PeerCertificates) > 0 {
-		id = FromCertificate(cs.PeerCertificates[0])
+		// VerifyConnection accepted these certificates against the material it loaded.
+		// When no reload came in between, that was before, and naming the device needs only
+		// the key lookup; otherwise the new material decides it all again.
+		var keyName string
+		if m := s.material.Load(); m == before {
+			keyName, _ = m.keys.Lookup(cs.PeerCertificates[0])
+		} else {
+			var err error
+			if keyName, err = s.checkPeer(m, cs.PeerCertificates); err != nil {
+				tc.Close()
+				return nil, Identity{}, err
+			}
+		}
+		id = identify(cs.PeerCertificates, keyName)
 	}
 	id.TLSVersion, id.CipherSuite = cs.Version, cs.CipherSuite
 	return &Conn{Conn: tc, rec: rc}, id, nil
