@@ -75,35 +75,48 @@ func (e *attackEnv) server(t *testing.T, c handshake.TLSConfig) *handshake.TLSSe
 	return s
 }
 
-// dial runs one handshake between a crypto/tls client presenting chain (leaf first,
-// signed by key) and s, over loopback TCP, and returns what the server side yielded.
-func (e *attackEnv) dial(t *testing.T, s *handshake.TLSServer, leaf *handshaketest.Cert, extra ...*x509.Certificate) (handshake.Identity, error) {
+// handshakeResult is what the server side of one handshake yielded.
+type handshakeResult struct {
+	id  handshake.Identity
+	err error
+}
+
+// serveOne accepts one connection on loopback and runs s's handshake on it. After a
+// successful handshake it writes reply to the device and closes, or with no reply waits
+// for the device's first bytes (so the device reads the server's last flight first).
+func serveOne(t *testing.T, s *handshake.TLSServer, reply []byte) (net.Listener, <-chan handshakeResult) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	type result struct {
-		id  handshake.Identity
-		err error
-	}
-	done := make(chan result, 1)
+	done := make(chan handshakeResult, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
-			done <- result{err: err}
+			done <- handshakeResult{err: err}
 			return
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
 		sc, id, err := s.Handshake(context.Background(), c)
-		if err == nil {
-			// Let the client finish reading the server's last flight before closing.
+		if err == nil && reply != nil {
+			_, _ = sc.Write(reply)
+		} else if err == nil {
 			_, _ = sc.Read(make([]byte, 1))
 		}
-		done <- result{id, err}
+		done <- handshakeResult{id, err}
 	}()
+	return ln, done
+}
+
+// dial runs one handshake between a crypto/tls client presenting leaf (and extra, the
+// certificates it sends after the leaf) and s, over loopback TCP, and returns what the
+// server side yielded.
+func (e *attackEnv) dial(t *testing.T, s *handshake.TLSServer, leaf *handshaketest.Cert, extra ...*x509.Certificate) (handshake.Identity, error) {
+	t.Helper()
+	ln, done := serveOne(t, s, nil)
+	defer ln.Close()
 	var cert tls.Certificate
 	if leaf != nil {
 		cert = leaf.TLSCertificate()
@@ -154,7 +167,7 @@ func mustCRL(t *testing.T, ca *handshaketest.CA, revoked ...*x509.Certificate) [
 
 func mustSelfSigned(t *testing.T, cn string) *handshaketest.Cert {
 	t.Helper()
-	c, err := handshaketest.NewSelfSigned(cn)
+	c, err := handshaketest.NewSelfSigned(handshaketest.Template{CommonName: cn})
 	if err != nil {
 		t.Fatal(err)
 	}

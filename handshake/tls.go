@@ -203,7 +203,18 @@ func (s *TLSServer) StillValid(id Identity) error {
 	if len(id.chain) == 0 { // built by FromCertificate from nothing: nothing to re-check
 		return &Error{Reason: ReasonUntrustedCert, Err: errors.New("the session kept no certificate to re-check")}
 	}
-	name, err := s.material.Load().check(id.chain, time.Now(), -1)
+	m := s.material.Load()
+	if id.Kind == KindPinnedKey {
+		// Whatever a client CA would say now, this session's name came from the key list.
+		switch name, ok := m.keys.Lookup(id.chain[0]); {
+		case !ok:
+			return &Error{Reason: ReasonKeyNotPinned, Err: fmt.Errorf("the key of %q was removed from the pinned-key file", id.KeyName)}
+		case name != id.KeyName:
+			return &Error{Reason: ReasonIdentityChanged, Err: fmt.Errorf("the key of %q is now pinned as %q", id.KeyName, name)}
+		}
+		return nil
+	}
+	name, err := m.check(id.chain, time.Now(), -1)
 	if err != nil {
 		return err
 	}

@@ -175,25 +175,33 @@ func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }
 
-// NewSelfSigned creates an ECDSA P-256 certificate for cn signed by its own key, as
-// `openssl req -x509` makes it: basic constraints CA:TRUE, no key usage, no extended key
-// usage. Fleets without a CA give each device one of these and pin its key.
-func NewSelfSigned(cn string) (*Cert, error) {
+// NewSelfSigned creates an ECDSA P-256 certificate signed by its own key, as `openssl req
+// -x509` makes it: basic constraints CA:TRUE, no key usage, no extended key usage. Fleets
+// without a CA give each device one of these and pin its key. Of t only CommonName and the
+// validity dates (defaulted as for Issue) are used.
+func NewSelfSigned(t Template) (*Cert, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
+	notBefore, notAfter := t.NotBefore, t.NotAfter
+	if notBefore.IsZero() {
+		notBefore = time.Now().Add(-time.Hour)
+	}
+	if notAfter.IsZero() {
+		notAfter = time.Now().Add(24 * time.Hour)
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          nextSerial(),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		Subject:               pkix.Name{CommonName: t.CommonName},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, fmt.Errorf("creating self-signed %q: %w", cn, err)
+		return nil, fmt.Errorf("creating self-signed %q: %w", t.CommonName, err)
 	}
 	return newCert(der, key)
 }
