@@ -33,14 +33,7 @@ func newAttackEnv(t *testing.T) *attackEnv {
 	t.Helper()
 	e := &attackEnv{dir: t.TempDir(), goroutine: leakcheck.Count()}
 	var err error
-	if e.serverCA, err = handshaketest.NewCA("server CA"); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := e.serverCA.Issue(handshaketest.Template{CommonName: "localhost", IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.certFile, e.keyFile, err = srv.Files(e.dir, "server"); err != nil {
+	if e.serverCA, e.certFile, e.keyFile, err = handshaketest.ServerFiles(e.dir); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { leakcheck.Check(t, e.goroutine) })

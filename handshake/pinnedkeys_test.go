@@ -120,7 +120,7 @@ func TestPinnedKeysRevokedAfterReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := mustCA(t, "other CA")
-	leaf, otherDev := mustIssue(t, inter, "leaf"), mustIssue(t, other, "other-dev")
+	leaf, otherDev, caDev := mustIssue(t, inter, "leaf"), mustIssue(t, other, "other-dev"), mustIssue(t, root, "ca-dev")
 
 	c := e.config()
 	c.ClientKeysFile = e.write(t, "keys", pinLine(t, "dev-A", devA), pinLine(t, "dev-B", devB))
@@ -128,7 +128,7 @@ func TestPinnedKeysRevokedAfterReload(t *testing.T) {
 	c.CRLFiles = []string{e.write(t, "crl.pem", mustCRL(t, root), mustCRL(t, inter), mustCRL(t, other))}
 	s := e.server(t, c)
 	ids := map[string]handshake.Identity{}
-	for name, cert := range map[string]*handshaketest.Cert{"dev-A": devA, "dev-B": devB, "leaf": leaf, "other-dev": otherDev} {
+	for name, cert := range map[string]*handshaketest.Cert{"dev-A": devA, "dev-B": devB, "leaf": leaf, "other-dev": otherDev, "ca-dev": caDev} {
 		id, err := e.dial(t, s, cert)
 		if err != nil {
 			t.Fatalf("%s refused before the reload: %v", name, err)
@@ -138,9 +138,10 @@ func TestPinnedKeysRevokedAfterReload(t *testing.T) {
 			t.Fatalf("%s revoked before any reload", name)
 		}
 	}
-	// The reload: dev-A removed, dev-B renamed, the intermediate revoked by the root, the
-	// other CA removed from the client-CA file (with its CRL).
-	e.write(t, "keys", pinLine(t, "dev-B2", devB))
+	// The reload: dev-A removed, dev-B renamed, ca-dev's key pinned (so it would now be
+	// named by its line), the intermediate revoked by the root, the other CA removed from
+	// the client-CA file (with its CRL).
+	e.write(t, "keys", pinLine(t, "dev-B2", devB), pinLine(t, "ca-dev-pinned", caDev))
 	e.write(t, "ca.crt", root.CertPEM, inter.CertPEM)
 	e.write(t, "crl.pem", mustCRL(t, root, inter.Cert), mustCRL(t, inter))
 	if err := s.Reload(); err != nil {
@@ -151,6 +152,7 @@ func TestPinnedKeysRevokedAfterReload(t *testing.T) {
 		"dev-B":     handshake.ReasonIdentityChanged,
 		"leaf":      handshake.ReasonRevokedCert,
 		"other-dev": handshake.ReasonUntrustedCert,
+		"ca-dev":    handshake.ReasonIdentityChanged,
 	} {
 		err := s.StillValid(ids[name])
 		if got := handshake.Reason(err); err == nil || got != reason || !s.Revoked(ids[name]) {

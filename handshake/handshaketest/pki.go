@@ -289,3 +289,20 @@ func newCert(der []byte, key *ecdsa.PrivateKey) (*Cert, error) {
 	}
 	return &Cert{Cert: cert, Key: key, CertPEM: pemBlock("CERTIFICATE", der), KeyPEM: pemBlock("PRIVATE KEY", keyDER)}, nil
 }
+
+// ServerFiles makes a CA and a server certificate from it for localhost and 127.0.0.1,
+// writes the certificate and key to dir as server.crt and server.key, and returns the CA
+// (for the clients' RootCAs) and the two paths.
+func ServerFiles(dir string) (ca *CA, certFile, keyFile string, err error) {
+	if ca, err = NewCA("server CA"); err != nil {
+		return nil, "", "", err
+	}
+	srv, err := ca.Issue(Template{CommonName: "localhost", DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err != nil {
+		return nil, "", "", err
+	}
+	if certFile, keyFile, err = srv.Files(dir, "server"); err != nil {
+		return nil, "", "", err
+	}
+	return ca, certFile, keyFile, nil
+}
