@@ -128,14 +128,28 @@ func checkKeyName(name string) error {
 	return nil
 }
 
-// File returns the file the store was read from.
-func (s *KeyStore) File() string { return s.file }
+// File returns the file the store was read from. The methods of KeyStore accept a nil
+// store (a listener without pinned keys): it holds nothing.
+func (s *KeyStore) File() string {
+	if s == nil {
+		return ""
+	}
+	return s.file
+}
 
 // Len returns how many keys are pinned.
-func (s *KeyStore) Len() int { return len(s.byHash) }
+func (s *KeyStore) Len() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.byHash)
+}
 
 // Has reports whether a key is pinned under name.
 func (s *KeyStore) Has(name string) bool {
+	if s == nil {
+		return false
+	}
 	_, ok := s.names[name]
 	return ok
 }
@@ -152,6 +166,9 @@ func (s *KeyStore) Lookup(cert *x509.Certificate) (string, bool) {
 
 // Keys returns the pinned keys sorted by name, for `mqtls keys list`.
 func (s *KeyStore) Keys() []PinnedKey {
+	if s == nil {
+		return nil
+	}
 	keys := make([]PinnedKey, 0, len(s.byHash))
 	for h, name := range s.byHash {
 		keys = append(keys, PinnedKey{Name: name, Hash: hex.EncodeToString(h[:])})

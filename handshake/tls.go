@@ -187,8 +187,8 @@ func (s *TLSServer) Config() TLSConfig { return s.cfg }
 // name it differently: after a reload, sessions that authenticated before may be closed
 // with it. That covers a certificate revoked by a CRL (the leaf or any CA of its chain,
 // whether the device sent that CA or not), a chain that no longer verifies (its CA
-// removed), a pinned key removed or renamed, and a device that would now be named by a
-// pinned key. A CRL that merely went stale does not end sessions: it says nothing new
+// removed, or a certificate of it expired since), a pinned key removed or renamed, and a
+// device that would now be named by a pinned key. A CRL that merely went stale does not end sessions: it says nothing new
 // about any device, and new handshakes are refused until it is renewed.
 func (s *TLSServer) Revoked(id Identity) bool {
 	return s.StillValid(id) != nil
