@@ -302,3 +302,29 @@ func TestPinnedKeyDTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestRevokedIntermediateDTLS: over DTLS too, an intermediate of the client-CA file that the
+// root's CRL revokes refuses the devices under it, whether they send it or not.
+func TestRevokedIntermediateDTLS(t *testing.T) {
+	e := newAttackEnv(t)
+	root := mustCA(t, "root")
+	inter, err := root.Intermediate("intermediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := mustIssue(t, inter, "dev-1")
+	c := e.config()
+	c.ClientCAFile = e.write(t, "ca.crt", root.CertPEM, inter.CertPEM)
+	c.CRLFiles = []string{e.write(t, "crl.pem", mustCRL(t, root, inter.Cert), mustCRL(t, inter))}
+	s := listenDTLS(t, handshake.DTLSConfig{TLS: e.server(t, c)})
+	for _, sendInter := range []bool{false, true} {
+		cert := dev.TLSCertificate()
+		if sendInter {
+			cert.Certificate = append(cert.Certificate, inter.Cert.Raw)
+		}
+		_, _ = dialDTLS(t, s.addr, dtls.WithRootCAs(e.serverCA.Pool()), dtls.WithServerName("127.0.0.1"),
+			dtls.WithCertificates(cert), dtls.WithConnectionIDGenerator(dtls.OnlySendCIDGenerator()))
+		r := s.result(t)
+		wantRefused(t, r.id, r.err, handshake.ReasonRevokedCert)
+	}
+}
