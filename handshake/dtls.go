@@ -128,7 +128,7 @@ func (s *DTLSServer) verify(st *dtls.State) error {
 	if len(st.IdentityHint) > 0 {
 		return nil
 	}
-	_, err := s.cfg.TLS.identifyDER(st.PeerCertificates)
+	_, _, err := s.cfg.TLS.checkDER(st.PeerCertificates)
 	return err
 }
 

@@ -268,7 +268,9 @@ func TestPinnedKeyDTLS(t *testing.T) {
 	forged := mustIssue(t, devA.AsCA(), "dev-B")
 	c := e.config()
 	c.ClientKeysFile = e.write(t, "keys", pinLine(t, "dev-A", devA))
-	s := listenDTLS(t, handshake.DTLSConfig{TLS: e.server(t, c)})
+	srv := e.server(t, c)
+	s := listenDTLS(t, handshake.DTLSConfig{TLS: srv})
+	var session handshake.Identity
 	for _, tc := range []struct {
 		name   string
 		cert   *handshaketest.Cert
@@ -299,7 +301,19 @@ func TestPinnedKeyDTLS(t *testing.T) {
 			if !r.id.DTLS {
 				t.Error("identity not marked DTLS")
 			}
+			session = r.id
 		})
+	}
+	// Removing the key ends the DTLS session too (re-checked from the DER it kept).
+	if srv.Revoked(session) {
+		t.Fatal("revoked before the reload")
+	}
+	e.write(t, "keys", []byte("# nobody\n"))
+	if err := srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.StillValid(session); handshake.Reason(err) != handshake.ReasonKeyNotPinned {
+		t.Errorf("after the reload: %v, want %s", err, handshake.ReasonKeyNotPinned)
 	}
 }
 

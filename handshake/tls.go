@@ -200,13 +200,20 @@ func (s *TLSServer) StillValid(id Identity) error {
 	if id.Kind != KindCertificate && id.Kind != KindPinnedKey {
 		return nil
 	}
-	if len(id.chain) == 0 { // built by FromCertificate from nothing: nothing to re-check
+	chain := id.chain
+	if chain == nil && id.chainDER != nil {
+		var err error
+		if chain, err = parseDER(id.chainDER); err != nil {
+			return err
+		}
+	}
+	if len(chain) == 0 { // an Identity not made by a handshake: nothing to re-check
 		return &Error{Reason: ReasonUntrustedCert, Err: errors.New("the session kept no certificate to re-check")}
 	}
 	m := s.material.Load()
 	if id.Kind == KindPinnedKey {
 		// Whatever a client CA would say now, this session's name came from the key list.
-		switch name, ok := m.keys.Lookup(id.chain[0]); {
+		switch name, ok := m.keys.Lookup(chain[0]); {
 		case !ok:
 			return &Error{Reason: ReasonKeyNotPinned, Err: fmt.Errorf("the key of %q was removed from the pinned-key file", id.KeyName)}
 		case name != id.KeyName:
@@ -214,7 +221,7 @@ func (s *TLSServer) StillValid(id Identity) error {
 		}
 		return nil
 	}
-	name, err := m.check(id.chain, time.Now(), -1)
+	name, err := m.check(chain, time.Now(), -1)
 	if err != nil {
 		return err
 	}
@@ -406,22 +413,39 @@ func verifyReason(err error) string {
 	return ReasonUntrustedCert
 }
 
-// identifyDER checks the DER certificates a DTLS client sent against the current material
-// and returns the Identity they prove.
+// checkDER checks the DER certificates a DTLS client sent against the current material,
+// returning them parsed and the pinned name, if any.
+func (s *TLSServer) checkDER(ders [][]byte) ([]*x509.Certificate, string, error) {
+	certs, err := parseDER(ders)
+	if err != nil {
+		return nil, "", err
+	}
+	keyName, err := s.checkPeer(s.material.Load(), certs)
+	return certs, keyName, err
+}
+
+// identifyDER is checkDER returning the Identity the certificates prove. The Identity keeps
+// ders, not the parsed certificates, for StillValid.
 func (s *TLSServer) identifyDER(ders [][]byte) (Identity, error) {
+	certs, keyName, err := s.checkDER(ders)
+	if err != nil || len(certs) == 0 {
+		return Identity{}, err
+	}
+	id := identify(certs, keyName)
+	id.chain, id.chainDER = nil, ders
+	return id, nil
+}
+
+func parseDER(ders [][]byte) ([]*x509.Certificate, error) {
 	certs := make([]*x509.Certificate, 0, len(ders))
 	for _, der := range ders {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return Identity{}, &Error{Reason: ReasonUntrustedCert, Err: fmt.Errorf("parsing client certificate: %w", err)}
+			return nil, &Error{Reason: ReasonUntrustedCert, Err: fmt.Errorf("parsing client certificate: %w", err)}
 		}
 		certs = append(certs, c)
 	}
-	keyName, err := s.checkPeer(s.material.Load(), certs)
-	if err != nil || len(certs) == 0 {
-		return Identity{}, err
-	}
-	return identify(certs, keyName), nil
+	return certs, nil
 }
 
 // identify builds the Identity of a session whose certificates check accepted: a pinned
