@@ -256,12 +256,16 @@ func loadTLSMaterial(c TLSConfig) (*tlsMaterial, error) {
 	}
 	m.roots, m.inters = x509.NewCertPool(), x509.NewCertPool()
 	anchors := 0
+	bySubject := make(map[string][]*x509.Certificate, len(cas))
+	for _, ca := range cas {
+		bySubject[string(ca.RawSubject)] = append(bySubject[string(ca.RawSubject)], ca)
+	}
 	for _, ca := range cas {
 		// A certificate another one in the file issued is an intermediate, so a chain runs
 		// through it to that issuer and its revocation is checked, whether the device sends
 		// it or not. The others are anchors: a file holding only an intermediate anchors
 		// trust there, as before.
-		if issuedInFile(ca, cas) {
+		if issuedInFile(ca, bySubject[string(ca.RawIssuer)]) {
 			m.inters.AddCert(ca)
 		} else {
 			m.roots.AddCert(ca)
@@ -280,10 +284,12 @@ func loadTLSMaterial(c TLSConfig) (*tlsMaterial, error) {
 	return m, nil
 }
 
-// issuedInFile reports whether another certificate of cas issued c.
-func issuedInFile(c *x509.Certificate, cas []*x509.Certificate) bool {
-	for _, p := range cas {
-		if p != c && !bytes.Equal(p.Raw, c.Raw) && bytes.Equal(c.RawIssuer, p.RawSubject) && c.CheckSignatureFrom(p) == nil {
+// issuedInFile reports whether another certificate of candidates (those of the file whose
+// subject is c's issuer) issued c. Indexing by subject keeps a file of thousands of
+// self-signed certificates linear to load.
+func issuedInFile(c *x509.Certificate, candidates []*x509.Certificate) bool {
+	for _, p := range candidates {
+		if p != c && !bytes.Equal(p.Raw, c.Raw) && c.CheckSignatureFrom(p) == nil {
 			return true
 		}
 	}
