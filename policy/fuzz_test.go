@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/mqtls/mqtls/handshake"
 )
@@ -155,7 +157,8 @@ func checkBind(cfg Config, ident string, in *Connect, d Decision, err error) err
 		}
 		switch r.Reason {
 		case ReasonClientIDInvalid, ReasonClientIDMismatch, ReasonNoIdentity, ReasonIdentityNotAllowed,
-			ReasonIdentityDenied, ReasonIdentityInvalid, ReasonPacketTooLarge:
+			ReasonIdentityDenied, ReasonIdentityInvalid, ReasonPacketTooLarge,
+			ReasonIdentityUnsafe, ReasonIdentityAmbiguous, ReasonIdentityMultivalued:
 		default:
 			return fmt.Errorf("unknown reason %q", r.Reason)
 		}
@@ -186,6 +189,13 @@ func checkBind(cfg Config, ident string, in *Connect, d Decision, err error) err
 		if len(id) <= len(ident)+len(sep) || id[:len(ident)+len(sep)] != ident+sep {
 			return fmt.Errorf("prefix: client ID %q, identity %q", id, ident)
 		}
+		if strings.LastIndex(id, sep) != len(ident) {
+			return fmt.Errorf("prefix: client ID %q has the separator %q after the identity %q", id, sep, ident)
+		}
+	}
+	if strings.ContainsAny(ident, "+#") || !cfg.AllowSlash && strings.Contains(ident, "/") || !utf8.ValidString(ident) ||
+		strings.ContainsFunc(ident, unicode.IsControl) {
+		return fmt.Errorf("unsafe identity %q accepted", ident)
 	}
 	if ident == "" && (cfg.ClientID != ClientIDOff || cfg.Username == UsernameIdentity || len(cfg.Allow) > 0 || cfg.IdentityProperty != "") {
 		return fmt.Errorf("accepted without an identity")
@@ -235,9 +245,27 @@ func checkBind(cfg Config, ident string, in *Connect, d Decision, err error) err
 	} else if !bytes.Equal(out.Properties, in.Properties) {
 		return fmt.Errorf("properties changed without an identity property")
 	}
+	wantWill := in.WillProperties
+	if out.Level == Level5 && cfg.IdentityProperty != "" {
+		// The will keeps every property but the identity's, in order.
+		wantWill = nil
+		for rest := in.WillProperties; ; {
+			pid, prop, v, next, ok := nextProperty(rest)
+			if !ok {
+				break
+			}
+			if pid != propUserProperty || string(v[2:2+be16(v)]) != cfg.IdentityProperty {
+				wantWill = append(wantWill, prop...)
+			}
+			rest = next
+		}
+	}
+	if !bytes.Equal(out.WillProperties, wantWill) {
+		return fmt.Errorf("will properties %q, want %q", out.WillProperties, wantWill)
+	}
 	if out.Level != in.Level || out.KeepAlive != in.KeepAlive || out.CleanStart() != in.CleanStart() ||
 		out.Flags&0x3c != in.Flags&0x3c || !bytes.Equal(out.ProtocolName, in.ProtocolName) ||
-		!bytes.Equal(out.WillProperties, in.WillProperties) || !bytes.Equal(out.WillTopic, in.WillTopic) ||
+		!bytes.Equal(out.WillTopic, in.WillTopic) ||
 		!bytes.Equal(out.WillPayload, in.WillPayload) {
 		return fmt.Errorf("a field Bind does not own changed")
 	}
