@@ -147,6 +147,32 @@ func bindSeeds() []bindSeed {
 	return seeds
 }
 
+type renderSeed struct {
+	name       string
+	tmpl, bits uint8
+	a, b       string
+}
+
+// renderSeeds are the collisions issue #14 names, and their neighbours; templates are
+// indexes into renderTemplates, identities as fuzzIdentity reads them.
+func renderSeeds() []renderSeed {
+	const cert, psk, pinned = 1, 2, 3
+	vals := func(v ...string) string { return strings.Join(v, "\x00") }
+	return []renderSeed{
+		{"tenant-dash-in-o", 1, cert | cert<<2, vals("y", "acme-x"), vals("x-y", "acme")},
+		{"literal-early", 2, cert | cert<<2, vals("x", "a"), vals("ax", "")},
+		{"slash-cn", 0, cert | cert<<2, vals("dev-1/x"), vals("dev-1")},
+		{"slash-uri-allowed", 6, cert | cert<<2 | 1<<4, vals("", "", "", "", "spiffe://td/a"), vals("", "", "", "", "spiffe://td/a/b")},
+		{"cert-vs-psk", 4, cert | psk<<2, vals("psk-dev-1"), vals("", "", "", "", "", "", "dev-1")},
+		{"cert-vs-pinned", 5, cert | pinned<<2, vals("key-gw"), vals("", "", "", "", "", "", "", "gw")},
+		{"two-cns", 0, cert | cert<<2 | 1<<5, vals("victim"), vals("victim")},
+		{"fingerprint-both", 8, cert | pinned<<2, vals("", "", "", "", "", "", "", "", "ab12"), vals("", "", "", "", "", "", "", "", "ab12")},
+		{"control", 0, cert | cert<<2, vals("dev\x01"), vals("dev")},
+		{"invalid-utf8", 10, pinned | pinned<<2, vals("", "", "", "", "", "", "", "\xff"), vals("", "", "", "", "", "", "", "gw")},
+		{"wrapped-literals", 13, cert | cert<<2, vals("aba", "b"), vals("", "bab")},
+	}
+}
+
 func TestFuzzCorpus(t *testing.T) {
 	files := map[string][]byte{}
 	for _, s := range fixedHeaderSeeds() {
@@ -157,6 +183,9 @@ func TestFuzzCorpus(t *testing.T) {
 	}
 	for _, s := range bindSeeds() {
 		files["FuzzBind/"+s.name] = corpusFile(fmt.Sprintf("[]byte(%q)", s.pkt), fmt.Sprintf("uint16(%d)", s.modes), fmt.Sprintf("string(%q)", s.cn))
+	}
+	for _, s := range renderSeeds() {
+		files["FuzzRenderIdentity/"+s.name] = corpusFile(fmt.Sprintf("byte(%d)", s.tmpl), fmt.Sprintf("byte(%d)", s.bits), fmt.Sprintf("string(%q)", s.a), fmt.Sprintf("string(%q)", s.b))
 	}
 	for name, want := range files {
 		path := filepath.Join("testdata", "fuzz", filepath.FromSlash(name))
