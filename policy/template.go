@@ -101,9 +101,10 @@ type plan struct {
 // "{uri}", "tenant-{o}-{cn}" or "{cn}psk-{psk}". Compile it once with ParseTemplate. The
 // zero Template renders "" for every identity.
 type Template struct {
-	src   string
-	segs  []segment
-	plans [numPlans]plan
+	src  string
+	segs []segment
+	// plans is shared by copies: Template is passed by value, and a Template is immutable.
+	plans *[numPlans]plan
 }
 
 // ParseTemplate compiles s: literal text with fields in braces. The fields are cn, o, ou,
@@ -157,6 +158,7 @@ func ParseTemplate(s string) (Template, error) {
 	if !hasField {
 		return Template{}, fmt.Errorf("policy: identity template %q names no field, so every device would get the same identity (valid fields: %s)", s, validFields)
 	}
+	t.plans = new([numPlans]plan)
 	if err := t.makePlans(); err != nil {
 		return Template{}, err
 	}
@@ -324,7 +326,7 @@ func (t Template) Render(id handshake.Identity) string {
 // read as another device's (identity_ambiguous). The string is returned either way, for logs.
 func (t Template) render(id handshake.Identity, allowSlash, check bool) (string, *Reject) {
 	k := planOf(id.Kind)
-	if k < 0 {
+	if k < 0 || t.plans == nil {
 		return "", nil
 	}
 	p := &t.plans[k]
@@ -404,10 +406,8 @@ func (p *plan) checkPrefix(s string, kind handshake.Kind, src string) *Reject {
 
 // fieldValue returns f's value in id and how many values id has for it: a subject with two
 // CNs, or a certificate with two URIs, has no single value to render.
+// It is called only for the fields of the session's plan, which are the fields its kind has.
 func fieldValue(id handshake.Identity, f field) (string, int) {
-	if !f.inPlan(planOf(id.Kind)) { // a plan holds only fields its kind has; this guards Render on a zero Template
-		return "", 0
-	}
 	switch f {
 	case fieldPSK:
 		return id.PSKIdentity, 1
@@ -493,6 +493,9 @@ func (t Template) String() string { return t.src }
 // binding that a listener can never satisfy, e.g. {cn} on a listener without a client CA.
 func (t Template) Kinds() []handshake.Kind {
 	var kinds []handshake.Kind
+	if t.plans == nil {
+		return nil
+	}
 	for _, k := range []int{planCert, planPSK, planPinned} {
 		for _, sg := range t.plans[k].segs {
 			if sg.field != fieldLiteral {
