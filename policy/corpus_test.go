@@ -141,6 +141,11 @@ func bindSeeds() []bindSeed {
 		bindSeed{"allow-miss", connect311, 1 << 6, "gw1"},
 		bindSeed{"deny-hit", connect311, 1 << 7, "dev-deny"},
 		bindSeed{"identity-nul", connect311, uint16(ClientIDRewrite), "a\x00b"},
+		bindSeed{"identity-slash", connect311, uint16(ClientIDRewrite), "dev1/x"},
+		bindSeed{"identity-plus", connect311, uint16(ClientIDRewrite), "dev1+"},
+		bindSeed{"prefix-takeover", packet(header(Level311, 0x02), s16("dev1/b/x")), uint16(ClientIDPrefix), "dev1"},
+		bindSeed{"v5-will-forged-identity-property", packet(header(Level5, 0x06), props(), s16("dev1"),
+			props(userProp("mqtls-identity", "forged"), userProp("k", "v")), s16("w/t"), s16("bye")), 1<<5 | uint16(ClientIDEnforce), "dev1"},
 		bindSeed{"template-literal", connect311, uint16(ClientIDEnforce) | 1<<9, "dev1"},
 		bindSeed{"v5-password-only-strip", connect5PasswordOnly, uint16(UsernameStrip)<<2 | 1<<4, "dev1"},
 	)
