@@ -271,7 +271,9 @@ type Decision struct {
 // either way, for logs.
 //
 // The inbound side is checked before anything outbound is written: identity present
-// (no_identity), deny then allow lists, then the client ID against its mode
+// (no_identity), the identity one device's safe string (identity_unsafe,
+// identity_multivalued, identity_ambiguous; see Template and Config.AllowSlash), deny then
+// allow lists, then the client ID against its mode
 // (client_id_mismatch), then the forwarded client ID against its protocol level
 // (client_id_invalid): 3.1 needs 1 to 23 bytes (3.1 §3.1), 3.1.1 an empty one needs clean
 // session [MQTT-3.1.3-8]. Only then are the user name, password and identity property set.
