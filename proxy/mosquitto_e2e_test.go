@@ -250,3 +250,108 @@ func TestMosquittoACLHoldsAgainstIdentityTricks(t *testing.T) {
 		})
 	}
 }
+
+// mqtt5String is an MQTT UTF-8 encoded string: two-byte length, then the bytes (§1.5.4).
+func mqtt5String(s string) []byte { return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...) }
+
+// userProperty is an MQTT 5 user property (0x26) name=value (§3.1.2.11.8).
+func userProperty(name, value string) []byte {
+	return append(append([]byte{0x26}, mqtt5String(name)...), mqtt5String(value)...)
+}
+
+// v5WillConnect is an MQTT 5 CONNECT: clean start, a QoS 0 will on topic whose will
+// properties are willProps (each shorter than 128 bytes in all), keep alive 60 s.
+func v5WillConnect(clientID, topic string, willProps []byte) []byte {
+	body := []byte{0x00, 0x04, 'M', 'Q', 'T', 'T', 5, // protocol name and level 5 [MQTT-3.1.2-1]
+		0x06,       // connect flags: will, clean start (§3.1.2.3)
+		0x00, 0x3c, // keep alive 60 s
+		0x00, // CONNECT properties: none
+	}
+	body = append(body, mqtt5String(clientID)...)
+	body = append(append(body, byte(len(willProps))), willProps...) // will properties (§3.1.3.2)
+	body = append(body, mqtt5String(topic)...)                      // will topic
+	body = append(body, mqtt5String("gone")...)                     // will payload
+	return append(appendFixedHeader(nil, 0x10, len(body)), body...)
+}
+
+// userProperties returns the user properties of an MQTT 5 QoS 0 PUBLISH as name=value.
+func userProperties(tb testing.TB, pkt []byte) []string {
+	tb.Helper()
+	_, _, hl, err := policy.ParseFixedHeader(pkt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b := pkt[hl:]
+	b = b[2+int(b[0])<<8|int(b[1]):] // topic name; QoS 0 has no packet identifier
+	if b[0] >= 0x80 {
+		tb.Fatalf("properties of %d+ bytes: this helper reads one-byte lengths only", 0x80)
+	}
+	props := b[1 : 1+int(b[0])]
+	var out []string
+	for len(props) > 0 {
+		id := props[0]
+		props = props[1:]
+		str := func() string {
+			n := int(props[0])<<8 | int(props[1])
+			s := string(props[2 : 2+n])
+			props = props[2+n:]
+			return s
+		}
+		switch id {
+		case 0x26: // user property: a string pair
+			k := str()
+			out = append(out, k+"="+str())
+		case 0x01: // payload format indicator: one byte
+			props = props[1:]
+		case 0x02: // message expiry interval: four bytes
+			props = props[4:]
+		case 0x03, 0x08: // content type, response topic: a string
+			str()
+		default:
+			tb.Fatalf("property 0x%02x this helper does not read", id)
+		}
+	}
+	return out
+}
+
+// TestMosquittoWillCarriesNoForgedIdentity: with an identity property, a device must not
+// plant a forged one in its will, which the broker hands to every subscriber of the topic.
+func TestMosquittoWillCarriesNoForgedIdentity(t *testing.T) {
+	defer checkGoroutines(t)
+	broker := startMosquitto(t, deviceACL)
+	p := startProxy(t, broker, policy.Config{ClientID: policy.ClientIDRewrite, IdentityProperty: "mqtls-identity"}, nil)
+
+	// A v5 watcher, so the will reaches it with its properties.
+	w, err := net.DialTimeout("tcp", broker, waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	_ = w.SetDeadline(time.Now().Add(waitTimeout))
+	mustWrite(t, w, connectPacket(policy.Level5, "watcher"))
+	if code, err := connackCode(mustReadPacket(t, w)); err != nil || code != 0 {
+		t.Fatalf("watcher CONNACK %d, %v", code, err)
+	}
+	sub := []byte{0x00, 0x01, 0x00} // packet identifier 1, no properties (5.0 §3.8.2)
+	sub = append(append(sub, mqtt5String("devices/#")...), 0x00)
+	mustWrite(t, w, append(appendFixedHeader(nil, 0x82, len(sub)), sub...))
+	if pkt := mustReadPacket(t, w); pkt[0] != 0x90 {
+		t.Fatalf("watcher got % x, want SUBACK", pkt)
+	}
+
+	dev := dialDevice(t, p.addr, deviceConfig())
+	mustWrite(t, dev, v5WillConnect("dev-1", "devices/dev-1/status",
+		cat(userProperty("mqtls-identity", "victim"), userProperty("note", "kept"))))
+	if code, err := connackCode(mustReadPacket(t, dev)); err != nil || code != 0 {
+		t.Fatalf("CONNACK %#x, %v; log:\n%s", code, err, p.log)
+	}
+	dev.Close() // no DISCONNECT: the broker publishes the will
+
+	will := mustReadPacket(t, w)
+	if will[0]>>4 != 3 {
+		t.Fatalf("watcher got % x, want the will PUBLISH", will)
+	}
+	if got := strings.Join(userProperties(t, will), " "); got != "note=kept" {
+		t.Errorf("the will reached subscribers with user properties %q, want only note=kept", got)
+	}
+}
