@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"unicode"
@@ -352,7 +353,7 @@ func FuzzRenderIdentity(f *testing.F) {
 		}
 		// Equal renderings: the kinds must render alike and every field must agree.
 		pa, pb := &tmpl.plans[planOf(ida.Kind)], &tmpl.plans[planOf(idb.Kind)]
-		if !samePlan(pa.segs, pb.segs) {
+		if !slices.Equal(pa.segs, pb.segs) {
 			t.Fatalf("%q renders %q for a %s and a %s session", src, sa, ida.Kind, idb.Kind)
 		}
 		for _, sg := range pa.segs {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode"
@@ -234,7 +235,7 @@ func (t *Template) makePlans() error {
 	for k := range t.plans {
 		for o := range t.plans {
 			pk, po := &t.plans[k], &t.plans[o]
-			if o == k || len(pk.segs) == 0 || len(po.segs) == 0 || samePlan(pk.segs, po.segs) {
+			if o == k || len(pk.segs) == 0 || len(po.segs) == 0 || slices.Equal(pk.segs, po.segs) {
 				continue
 			}
 			switch {
@@ -249,17 +250,6 @@ func (t *Template) makePlans() error {
 	return nil
 }
 
-func samePlan(a, b []segment) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
 
 func lookupField(name string) field {
 	for f, n := range fieldNames {
