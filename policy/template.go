@@ -250,7 +250,6 @@ func (t *Template) makePlans() error {
 	return nil
 }
 
-
 func lookupField(name string) field {
 	for f, n := range fieldNames {
 		if n != "" && n == name {
