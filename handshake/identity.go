@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 
 	"github.com/pion/dtls/v3"
@@ -52,6 +53,10 @@ type Identity struct {
 	URIs               []string // SPIFFE IDs among them
 	Emails             []string
 	Fingerprint        string // lower-case hex SHA-256 of the leaf's DER
+	// CommonNames holds every CN attribute of the subject, in order. Go's CommonName keeps
+	// the last, Mosquitto's use_identity_as_username the first: policy refuses a subject
+	// with more than one rather than pick.
+	CommonNames []string
 
 	// KeyName is the operator's name for a pinned public key (KindPinnedKey).
 	KeyName string
@@ -73,6 +78,9 @@ type Identity struct {
 	chainDER [][]byte
 }
 
+// oidCommonName is the X.520 commonName attribute type.
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
 // FromCertificate fills the certificate fields of an Identity from a verified leaf.
 func FromCertificate(leaf *x509.Certificate) Identity {
 	id := fromLeaf(leaf)
@@ -91,6 +99,12 @@ func fromLeaf(leaf *x509.Certificate) Identity {
 		DNSNames:           leaf.DNSNames,
 		Emails:             leaf.EmailAddresses,
 		Fingerprint:        hex.EncodeToString(sum[:]),
+	}
+	for _, atv := range leaf.Subject.Names {
+		if atv.Type.Equal(oidCommonName) {
+			v, _ := atv.Value.(string)
+			id.CommonNames = append(id.CommonNames, v)
+		}
 	}
 	for _, u := range leaf.URIs {
 		id.URIs = append(id.URIs, u.String())

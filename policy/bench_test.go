@@ -41,6 +41,9 @@ func BenchmarkBind(b *testing.B) {
 		// The common case: the device already uses its identity; Raw is forwarded.
 		{"accept/enforce/3.1.1", Config{ClientID: ClientIDEnforce}, dev1, connect311},
 		{"accept/enforce/5.0", Config{ClientID: ClientIDEnforce}, dev1, connect5},
+		{"accept/enforce-tenant/3.1.1", Config{Identity: "tenant-{o}-{cn}", ClientID: ClientIDRewrite},
+			handshake.Identity{Kind: handshake.KindCertificate, CommonName: "dev1", Organization: []string{"acme"}},
+			packet(header(Level311, 0x02), s16("tenant-acme-dev1"))},
 		{"accept/enforce+allow/3.1.1", Config{ClientID: ClientIDEnforce, Allow: []string{"dev[0-9]+"}}, dev1, connect311},
 		// A fresh CONNECT is encoded.
 		{"rewrite/client-id/3.1.1", Config{ClientID: ClientIDRewrite}, certID("device-7"), connect311},

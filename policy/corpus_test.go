@@ -141,10 +141,41 @@ func bindSeeds() []bindSeed {
 		bindSeed{"allow-miss", connect311, 1 << 6, "gw1"},
 		bindSeed{"deny-hit", connect311, 1 << 7, "dev-deny"},
 		bindSeed{"identity-nul", connect311, uint16(ClientIDRewrite), "a\x00b"},
+		bindSeed{"identity-slash", connect311, uint16(ClientIDRewrite), "dev1/x"},
+		bindSeed{"identity-plus", connect311, uint16(ClientIDRewrite), "dev1+"},
+		bindSeed{"prefix-takeover", packet(header(Level311, 0x02), s16("dev1/b/x")), uint16(ClientIDPrefix), "dev1"},
+		bindSeed{"v5-will-forged-identity-property", packet(header(Level5, 0x06), props(), s16("dev1"),
+			props(userProp("mqtls-identity", "forged"), userProp("k", "v")), s16("w/t"), s16("bye")), 1<<5 | uint16(ClientIDEnforce), "dev1"},
 		bindSeed{"template-literal", connect311, uint16(ClientIDEnforce) | 1<<9, "dev1"},
 		bindSeed{"v5-password-only-strip", connect5PasswordOnly, uint16(UsernameStrip)<<2 | 1<<4, "dev1"},
 	)
 	return seeds
+}
+
+type renderSeed struct {
+	name       string
+	tmpl, bits uint8
+	a, b       string
+}
+
+// renderSeeds are the collisions issue #14 names, and their neighbours; templates are
+// indexes into renderTemplates, identities as fuzzIdentity reads them.
+func renderSeeds() []renderSeed {
+	const cert, psk, pinned = 1, 2, 3
+	vals := func(v ...string) string { return strings.Join(v, "\x00") }
+	return []renderSeed{
+		{"tenant-dash-in-o", 1, cert | cert<<2, vals("y", "acme-x"), vals("x-y", "acme")},
+		{"literal-early", 2, cert | cert<<2, vals("x", "a"), vals("ax", "")},
+		{"slash-cn", 0, cert | cert<<2, vals("dev-1/x"), vals("dev-1")},
+		{"slash-uri-allowed", 6, cert | cert<<2 | 1<<4, vals("", "", "", "", "spiffe://td/a"), vals("", "", "", "", "spiffe://td/a/b")},
+		{"cert-vs-psk", 4, cert | psk<<2, vals("psk-dev-1"), vals("", "", "", "", "", "", "dev-1")},
+		{"cert-vs-pinned", 5, cert | pinned<<2, vals("key-gw"), vals("", "", "", "", "", "", "", "gw")},
+		{"two-cns", 0, cert | cert<<2 | 1<<5, vals("victim"), vals("victim")},
+		{"fingerprint-both", 8, cert | pinned<<2, vals("", "", "", "", "", "", "", "", "ab12"), vals("", "", "", "", "", "", "", "", "ab12")},
+		{"control", 0, cert | cert<<2, vals("dev\x01"), vals("dev")},
+		{"invalid-utf8", 10, pinned | pinned<<2, vals("", "", "", "", "", "", "", "\xff"), vals("", "", "", "", "", "", "", "gw")},
+		{"wrapped-literals", 13, cert | cert<<2, vals("aba", "b"), vals("", "bab")},
+	}
 }
 
 func TestFuzzCorpus(t *testing.T) {
@@ -157,6 +188,9 @@ func TestFuzzCorpus(t *testing.T) {
 	}
 	for _, s := range bindSeeds() {
 		files["FuzzBind/"+s.name] = corpusFile(fmt.Sprintf("[]byte(%q)", s.pkt), fmt.Sprintf("uint16(%d)", s.modes), fmt.Sprintf("string(%q)", s.cn))
+	}
+	for _, s := range renderSeeds() {
+		files["FuzzRenderIdentity/"+s.name] = corpusFile(fmt.Sprintf("byte(%d)", s.tmpl), fmt.Sprintf("byte(%d)", s.bits), fmt.Sprintf("string(%q)", s.a), fmt.Sprintf("string(%q)", s.b))
 	}
 	for name, want := range files {
 		path := filepath.Join("testdata", "fuzz", filepath.FromSlash(name))

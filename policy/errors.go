@@ -114,6 +114,13 @@ const (
 	ReasonIdentityDenied     = "identity_denied"              // a deny pattern matched
 	ReasonIdentityInvalid    = "identity_invalid"             // identity cannot be written as an MQTT string
 	ReasonPacketTooLarge     = "packet_too_large"             // rewritten CONNECT would not fit a packet
+	// identity holds "/", "+", "#", a control character or invalid UTF-8 (see Config.AllowSlash)
+	ReasonIdentityUnsafe = "identity_unsafe"
+	// a field value would make the rendering read as other field values, or as another
+	// kind of session's identity (see ParseTemplate)
+	ReasonIdentityAmbiguous = "identity_ambiguous"
+	// the session has several values for a field the template uses, e.g. two CNs
+	ReasonIdentityMultivalued = "identity_multivalued"
 )
 
 // Reject is a refusal of a well-formed CONNECT. It carries the reason code for the CONNACK

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"testing"
 
 	"github.com/mqtls/mqtls/handshake"
 )
@@ -172,4 +173,19 @@ func certID(cn string) handshake.Identity {
 
 func pskID(id string) handshake.Identity {
 	return handshake.Identity{Kind: handshake.KindPSK, PSKIdentity: id}
+}
+
+// bind compiles cfg, parses pkt and binds it for id, failing tb on a bad config or packet.
+func bind(tb testing.TB, cfg Config, id handshake.Identity, pkt []byte) (*Policy, Connect, Decision, error) {
+	tb.Helper()
+	p, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, err := ParseConnect(pkt)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d, err := p.Bind(id, &c)
+	return p, c, d, err
 }

@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/mqtls/mqtls/handshake"
 )
@@ -155,7 +158,8 @@ func checkBind(cfg Config, ident string, in *Connect, d Decision, err error) err
 		}
 		switch r.Reason {
 		case ReasonClientIDInvalid, ReasonClientIDMismatch, ReasonNoIdentity, ReasonIdentityNotAllowed,
-			ReasonIdentityDenied, ReasonIdentityInvalid, ReasonPacketTooLarge:
+			ReasonIdentityDenied, ReasonIdentityInvalid, ReasonPacketTooLarge,
+			ReasonIdentityUnsafe, ReasonIdentityAmbiguous, ReasonIdentityMultivalued:
 		default:
 			return fmt.Errorf("unknown reason %q", r.Reason)
 		}
@@ -186,6 +190,13 @@ func checkBind(cfg Config, ident string, in *Connect, d Decision, err error) err
 		if len(id) <= len(ident)+len(sep) || id[:len(ident)+len(sep)] != ident+sep {
 			return fmt.Errorf("prefix: client ID %q, identity %q", id, ident)
 		}
+		if strings.LastIndex(id, sep) != len(ident) {
+			return fmt.Errorf("prefix: client ID %q has the separator %q after the identity %q", id, sep, ident)
+		}
+	}
+	if strings.ContainsAny(ident, "+#") || !cfg.AllowSlash && strings.Contains(ident, "/") || !utf8.ValidString(ident) ||
+		strings.ContainsFunc(ident, unicode.IsControl) {
+		return fmt.Errorf("unsafe identity %q accepted", ident)
 	}
 	if ident == "" && (cfg.ClientID != ClientIDOff || cfg.Username == UsernameIdentity || len(cfg.Allow) > 0 || cfg.IdentityProperty != "") {
 		return fmt.Errorf("accepted without an identity")
@@ -235,9 +246,27 @@ func checkBind(cfg Config, ident string, in *Connect, d Decision, err error) err
 	} else if !bytes.Equal(out.Properties, in.Properties) {
 		return fmt.Errorf("properties changed without an identity property")
 	}
+	wantWill := in.WillProperties
+	if out.Level == Level5 && cfg.IdentityProperty != "" {
+		// The will keeps every property but the identity's, in order.
+		wantWill = nil
+		for rest := in.WillProperties; ; {
+			pid, prop, v, next, ok := nextProperty(rest)
+			if !ok {
+				break
+			}
+			if pid != propUserProperty || string(v[2:2+be16(v)]) != cfg.IdentityProperty {
+				wantWill = append(wantWill, prop...)
+			}
+			rest = next
+		}
+	}
+	if !bytes.Equal(out.WillProperties, wantWill) {
+		return fmt.Errorf("will properties %q, want %q", out.WillProperties, wantWill)
+	}
 	if out.Level != in.Level || out.KeepAlive != in.KeepAlive || out.CleanStart() != in.CleanStart() ||
 		out.Flags&0x3c != in.Flags&0x3c || !bytes.Equal(out.ProtocolName, in.ProtocolName) ||
-		!bytes.Equal(out.WillProperties, in.WillProperties) || !bytes.Equal(out.WillTopic, in.WillTopic) ||
+		!bytes.Equal(out.WillTopic, in.WillTopic) ||
 		!bytes.Equal(out.WillPayload, in.WillPayload) {
 		return fmt.Errorf("a field Bind does not own changed")
 	}
@@ -248,4 +277,97 @@ func checkBind(cfg Config, ident string, in *Connect, d Decision, err error) err
 		return fmt.Errorf("unchanged CONNECT was copied instead of forwarding Raw")
 	}
 	return nil
+}
+
+// renderTemplates are the templates FuzzRenderIdentity renders with, picked by a byte: the
+// single fields, literal separators that field values may hold, and mixed-kind templates.
+var renderTemplates = []string{
+	"{cn}", "tenant-{o}-{cn}", "{o}aa{cn}", "{o}.{ou}.{cn}", "{cn}psk-{psk}",
+	"{cn}key-{name}psk-{psk}", "{uri}", "{psk}@{cn}", "{fingerprint}", "x{dns}-{email}y",
+	"{name}", "{cn}-{cn}", "{fingerprint}-{uri}", "a{o}ab{cn}ba",
+}
+
+// fuzzIdentity builds an Identity from fuzzer input: kind 0 none, 1 certificate, 2 PSK,
+// 3 pinned key; vals holds cn, o, ou, dns, uri, email, psk, name and fingerprint separated
+// by NUL (a byte every identity refuses anyway), missing ones empty.
+func fuzzIdentity(kind uint8, vals string, twoCNs bool) handshake.Identity {
+	v := strings.SplitN(vals, "\x00", 9)
+	v = append(v, make([]string, 9-len(v))...)
+	one := func(s string) []string {
+		if s == "" {
+			return nil
+		}
+		return []string{s}
+	}
+	id := handshake.Identity{
+		Kind:               [...]handshake.Kind{handshake.KindNone, handshake.KindCertificate, handshake.KindPSK, handshake.KindPinnedKey}[kind&3],
+		CommonName:         v[0],
+		Organization:       one(v[1]),
+		OrganizationalUnit: one(v[2]),
+		DNSNames:           one(v[3]),
+		URIs:               one(v[4]),
+		Emails:             one(v[5]),
+		PSKIdentity:        v[6],
+		KeyName:            v[7],
+		Fingerprint:        v[8],
+	}
+	if twoCNs {
+		id.CommonNames = []string{"first", v[0]}
+	}
+	return id
+}
+
+// FuzzRenderIdentity renders two arbitrary identities with one template and checks the
+// promise broker ACLs rest on: nothing unsafe comes out ("/" only with allow_slash), and
+// two identities render the same string only if the template's fields are equal for both.
+//
+//	bits 0-1  kind of a     bit 4  allow "/"
+//	bits 2-3  kind of b     bit 5  a has two CNs
+func FuzzRenderIdentity(f *testing.F) {
+	for _, s := range renderSeeds() {
+		f.Add(s.tmpl, s.bits, s.a, s.b)
+	}
+	f.Fuzz(func(t *testing.T, which, bits uint8, a, b string) {
+		src := renderTemplates[int(which)%len(renderTemplates)]
+		tmpl, err := ParseTemplate(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		allowSlash := bits&(1<<4) != 0
+		ida, idb := fuzzIdentity(bits, a, bits&(1<<5) != 0), fuzzIdentity(bits>>2, b, false)
+		sa, ra := tmpl.render(ida, allowSlash, true)
+		sb, rb := tmpl.render(idb, allowSlash, true)
+		for _, r := range []struct {
+			s   string
+			rej *Reject
+		}{{sa, ra}, {sb, rb}} {
+			if r.rej != nil || r.s == "" {
+				continue
+			}
+			if c, bad := unsafeRune(r.s, allowSlash); bad {
+				t.Fatalf("%q rendered %q holding %s", src, r.s, describeRune(c))
+			}
+		}
+		if ra != nil || rb != nil || sa == "" || sa != sb {
+			return
+		}
+		// Equal renderings: the kinds must render alike and every field must agree.
+		pa, pb := &tmpl.plans[planOf(ida.Kind)], &tmpl.plans[planOf(idb.Kind)]
+		if !slices.Equal(pa.segs, pb.segs) {
+			t.Fatalf("%q renders %q for a %s and a %s session", src, sa, ida.Kind, idb.Kind)
+		}
+		for _, sg := range pa.segs {
+			if sg.field == fieldLiteral {
+				continue
+			}
+			if va, _ := fieldValue(ida, sg.field); va != mustValue(idb, sg.field) {
+				t.Fatalf("%q renders %q for {%s} %q and %q", src, sa, fieldNames[sg.field], va, mustValue(idb, sg.field))
+			}
+		}
+	})
+}
+
+func mustValue(id handshake.Identity, f field) string {
+	v, _ := fieldValue(id, f)
+	return v
 }

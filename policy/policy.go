@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"regexp"
@@ -106,9 +107,9 @@ type Config struct {
 	Identity string
 	// ClientID binds the client ID to the identity.
 	ClientID ClientIDMode
-	// ClientIDSeparator goes between identity and suffix in prefix mode; "" means "/".
-	// Choose one the identities cannot contain: if identity "a" and identity "a/b" both
-	// exist, "a" may claim "a/b/x", a client ID that looks like a session of "a/b".
+	// ClientIDSeparator goes between identity and suffix in prefix mode; "" means "/". The
+	// suffix may not contain it, so a client ID names exactly one identity, the text before
+	// its last separator: identity "a" cannot claim "a/b/x", a session of identity "a/b".
 	ClientIDSeparator string
 	Username          UsernameMode
 	Password          PasswordMode
@@ -121,8 +122,16 @@ type Config struct {
 	// IdentityProperty names an MQTT 5 user property that carries the identity to the
 	// broker; "" means none. Any user property of that name the client sent is removed
 	// first, so the broker can trust the one it sees. Ignored for 3.x clients, which have
-	// no properties; will properties are never touched.
+	// no properties. It is removed from the will properties too, where a device could
+	// otherwise plant a forged one for every subscriber of its will topic.
 	IdentityProperty string
+	// AllowSlash lets a rendered identity contain "/", which URI identities ({uri}, SPIFFE
+	// IDs) need; "+", "#", control characters and invalid UTF-8 stay refused
+	// (identity_unsafe). The risk is the broker's: behind "pattern write devices/%c/#",
+	// identity "spiffe://td/a" may write devices/spiffe:/td/a/b/..., the tree of identity
+	// "spiffe://td/a/b", so use it only where no identity is a path prefix of another or
+	// the ACLs do not nest identities. Prefix mode stays safe (see ClientIDSeparator).
+	AllowSlash bool
 }
 
 // Validate reports every problem in c, each naming the field and what to change.
@@ -141,6 +150,7 @@ type Policy struct {
 	allow, deny []*regexp.Regexp
 	property    string
 	needs       bool
+	allowSlash  bool
 }
 
 // New validates c and compiles it.
@@ -149,11 +159,12 @@ func New(c Config) (*Policy, error) { return c.compile() }
 func (c Config) compile() (*Policy, error) {
 	var errs []error
 	p := &Policy{
-		clientID: c.ClientID,
-		sep:      c.ClientIDSeparator,
-		username: c.Username,
-		password: c.Password,
-		property: c.IdentityProperty,
+		clientID:   c.ClientID,
+		sep:        c.ClientIDSeparator,
+		username:   c.Username,
+		password:   c.Password,
+		property:   c.IdentityProperty,
+		allowSlash: c.AllowSlash,
 	}
 	src := c.Identity
 	if src == "" {
@@ -162,6 +173,16 @@ func (c Config) compile() (*Policy, error) {
 	var err error
 	if p.tmpl, err = ParseTemplate(src); err != nil {
 		errs = append(errs, fmt.Errorf("policy: identity: %s", trimPrefix(err.Error())))
+	}
+	for _, lit := range p.tmpl.literals() {
+		if r, bad := unsafeRune(lit, c.AllowSlash); bad {
+			fix := "remove it"
+			if r == '/' {
+				fix = "remove it, or set allow_slash if the broker's ACLs can take it"
+			}
+			errs = append(errs, fmt.Errorf("policy: identity: identity template %q: literal text holds %s, which would let every identity reach outside its topics in a broker ACL pattern; %s", src, describeRune(r), fix))
+			break
+		}
 	}
 	if int(c.ClientID) >= len(clientIDModes) {
 		errs = append(errs, fmt.Errorf("policy: client_id: unknown mode %d (want %s)", c.ClientID, orList(clientIDModes[:])))
@@ -250,7 +271,9 @@ type Decision struct {
 // either way, for logs.
 //
 // The inbound side is checked before anything outbound is written: identity present
-// (no_identity), deny then allow lists, then the client ID against its mode
+// (no_identity), the identity one device's safe string (identity_unsafe,
+// identity_multivalued, identity_ambiguous; see Template and Config.AllowSlash), deny then
+// allow lists, then the client ID against its mode
 // (client_id_mismatch), then the forwarded client ID against its protocol level
 // (client_id_invalid): 3.1 needs 1 to 23 bytes (3.1 §3.1), 3.1.1 an empty one needs clean
 // session [MQTT-3.1.3-8]. Only then are the user name, password and identity property set.
@@ -259,12 +282,17 @@ type Decision struct {
 //
 // When nothing changes, Packet is c.Raw and Bind allocates nothing.
 func (p *Policy) Bind(id handshake.Identity, c *Connect) (Decision, error) {
-	ident := p.tmpl.Render(id) // once per Bind: a multi-field template allocates
+	ident, unsafe := p.tmpl.render(id, p.allowSlash, true) // once per Bind: a multi-field template allocates
 	d := Decision{Identity: ident}
 
 	if ident == "" && p.needs {
 		return d, reject(CodeNotAuthorized, ReasonNoIdentity,
 			"identity template %q renders empty for this %s session", p.tmpl.src, id.Kind)
+	}
+	// Whatever the binding, an identity that is not one device's safe string is refused: it
+	// reaches logs and allow/deny lists, and the broker through PROXY headers and ACLs.
+	if unsafe != nil {
+		return d, unsafe
 	}
 	for i, re := range p.deny {
 		if re.MatchString(ident) {
@@ -337,6 +365,12 @@ func (p *Policy) Bind(id handshake.Identity, c *Connect) (Decision, error) {
 			out.Properties = props
 			changed = true
 		}
+		if c.HasWill() {
+			if props := withoutUserProperty(c.WillProperties, p.property); len(props) != len(c.WillProperties) {
+				out.WillProperties = props
+				changed = true
+			}
+		}
 	}
 
 	d.ClientID = out.ClientID
@@ -376,9 +410,12 @@ func checkClientID(c *Connect) *Reject {
 	return nil
 }
 
-// hasPrefixSep reports whether id is prefix, then sep, then at least one more byte.
+// hasPrefixSep reports whether id is prefix, then sep, then a suffix of at least one byte
+// without sep: so prefix is all of id before its last sep, and no other identity can claim
+// id by a shorter prefix.
 func hasPrefixSep(id []byte, prefix, sep string) bool {
 	return len(id) > len(prefix)+len(sep) &&
 		string(id[:len(prefix)]) == prefix &&
-		string(id[len(prefix):len(prefix)+len(sep)]) == sep
+		string(id[len(prefix):len(prefix)+len(sep)]) == sep &&
+		!bytes.Contains(id[len(prefix)+len(sep):], []byte(sep))
 }

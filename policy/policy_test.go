@@ -138,7 +138,7 @@ func TestBindAccept(t *testing.T) {
 		{"enforce 3.1.1", Config{ClientID: ClientIDEnforce}, certID("dev1"), connect311, nil},
 		{"enforce 5.0", Config{ClientID: ClientIDEnforce}, certID("dev1"), connect5, nil},
 		{"enforce psk", Config{Identity: "{psk}", ClientID: ClientIDEnforce}, pskID("dev1"), connect31, nil},
-		{"enforce mixed template", Config{Identity: "{cn}{psk}", ClientID: ClientIDEnforce}, pskID("dev1"), connect311, nil},
+		{"enforce mixed template", Config{Identity: "{cn}psk-{psk}", ClientID: ClientIDEnforce}, certID("dev1"), connect311, nil},
 		{"prefix", Config{ClientID: ClientIDPrefix}, certID("dev1"), packet(header(Level311, 0x02), s16("dev1/kitchen")), nil},
 		{"prefix one byte", Config{ClientID: ClientIDPrefix}, certID("dev1"), packet(header(Level311, 0x02), s16("dev1/k")), nil},
 		{"prefix custom separator", Config{ClientID: ClientIDPrefix, ClientIDSeparator: "::"}, certID("dev1"), packet(header(Level5, 0x02), props(), s16("dev1::2")), nil},
@@ -206,16 +206,8 @@ func TestBindAccept(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := New(tt.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := ParseConnect(tt.pkt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			before := c
-			d, err := p.Bind(tt.id, &c)
+			p, c, d, err := bind(t, tt.cfg, tt.id, tt.pkt)
+			before, _ := ParseConnect(tt.pkt)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -290,23 +282,15 @@ func TestBindReject(t *testing.T) {
 		{"3.1 enforce 24 bytes", Config{ClientID: ClientIDEnforce}, certID(long24), packet(header(Level31, 0x02), s16(long24)),
 			CodeClientIDNotValid, ReasonClientIDInvalid, ""},
 		{"identity with U+0000", Config{ClientID: ClientIDRewrite}, certID("a\x00b"), connect311,
-			CodeNotAuthorized, ReasonIdentityInvalid, `identity "a\x00b" is not an MQTT string`},
+			CodeNotAuthorized, ReasonIdentityUnsafe, `{cn} "a\x00b" contains "\x00"`},
 		{"identity invalid UTF-8 as user name", Config{Username: UsernameIdentity}, certID("\xff"), connect311,
-			CodeNotAuthorized, ReasonIdentityInvalid, ""},
+			CodeNotAuthorized, ReasonIdentityUnsafe, "not UTF-8"},
 		{"identity too long", Config{ClientID: ClientIDRewrite}, certID(strings.Repeat("x", 65536)), connect311,
 			CodeNotAuthorized, ReasonIdentityInvalid, `"…`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := New(tt.cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := ParseConnect(tt.pkt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d, err := p.Bind(tt.id, &c)
+			p, _, d, err := bind(t, tt.cfg, tt.id, tt.pkt)
 			var r *Reject
 			if !errors.As(err, &r) {
 				t.Fatalf("err = %v, want *Reject", err)

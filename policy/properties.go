@@ -169,21 +169,44 @@ func nextProperty(b []byte) (id byte, prop, value, rest []byte, ok bool) {
 // property (key, value): the client's claim is removed before ours is written, so the
 // broker sees exactly one. Other properties keep their order and bytes.
 func withUserProperty(props []byte, key, value string) []byte {
-	out := make([]byte, 0, len(props)+1+2+len(key)+2+len(value))
-	for rest := props; ; {
-		id, prop, v, next, ok := nextProperty(rest)
-		if !ok {
-			break
-		}
-		rest = next
-		if id == propUserProperty && len(v) >= 2 && string(v[2:2+be16(v)]) == key {
-			continue
-		}
-		out = append(out, prop...)
-	}
+	out := appendWithoutUserProperty(make([]byte, 0, len(props)+1+2+len(key)+2+len(value)), props, key)
 	out = append(out, propUserProperty)
 	out = appendBytes16(out, key)
 	return appendBytes16(out, value)
+}
+
+// withoutUserProperty returns props without any user property named key: props itself,
+// not a copy, when it has none.
+func withoutUserProperty(props []byte, key string) []byte {
+	for rest := props; ; {
+		id, _, v, next, ok := nextProperty(rest)
+		if !ok {
+			return props
+		}
+		if isUserProperty(id, v, key) {
+			return appendWithoutUserProperty(make([]byte, 0, len(props)), props, key)
+		}
+		rest = next
+	}
+}
+
+// appendWithoutUserProperty appends props to dst, leaving out the user properties named key.
+func appendWithoutUserProperty(dst, props []byte, key string) []byte {
+	for rest := props; ; {
+		id, prop, v, next, ok := nextProperty(rest)
+		if !ok {
+			return dst
+		}
+		rest = next
+		if !isUserProperty(id, v, key) {
+			dst = append(dst, prop...)
+		}
+	}
+}
+
+// isUserProperty reports whether the property id with value v is a user property named key.
+func isUserProperty(id byte, v []byte, key string) bool {
+	return id == propUserProperty && len(v) >= 2 && string(v[2:2+be16(v)]) == key
 }
 
 // maxPacketSize returns the Maximum Packet Size the client announced in props, or 0 when it

@@ -27,8 +27,56 @@ func TestParseTemplateErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		_, err := ParseTemplate(tt.in)
-		if !contains(err, tt.want) || !contains(err, "valid fields: cn, o, ou, serial, dns, uri, email, fingerprint, psk") {
+		if !contains(err, tt.want) || !contains(err, "valid fields: cn, o, ou, serial, dns, uri, email, fingerprint, psk, name") {
 			t.Errorf("ParseTemplate(%q) = %v, want %q and the valid fields", tt.in, err, tt.want)
+		}
+	}
+}
+
+// Templates that could give two devices one identity name the fields and the fix.
+func TestParseTemplateCollisions(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"{o}{cn}", `{o} and {cn} touch, so two devices could render the same identity (e.g. o "ab", cn "c" and o "a", cn "bc"); put a separator between them, e.g. "{o}.{cn}"`},
+		{"x{serial}{cn}y", `{serial} and {cn} touch`},
+		{"{cn}{psk}", `certificate and psk sessions could render the same identity (e.g. two devices both called "dev-1"); start one kind's part with literal text of its own, e.g. "{cn}psk-{psk}"`},
+		{"{psk}{name}", `pinned_key and psk sessions could render the same identity (e.g. two devices both called "dev-1"); start one kind's part with literal text of its own, e.g. "{name}psk-{psk}"`},
+		{"a{cn}a{psk}", `certificate and psk sessions`},
+		{"{cn}{name}", `certificate and pinned_key sessions`},
+	}
+	for _, tt := range tests {
+		if _, err := ParseTemplate(tt.in); !contains(err, tt.want) {
+			t.Errorf("ParseTemplate(%q) = %v, want %q", tt.in, err, tt.want)
+		}
+	}
+	for _, ok := range []string{"{o}-{cn}", "{cn}psk-{psk}", "{psk}@{cn}", "{fingerprint}", "{fingerprint}-{uri}", "{cn}key-{name}psk-{psk}", "{cn}-{cn}"} {
+		if _, err := ParseTemplate(ok); err != nil {
+			t.Errorf("ParseTemplate(%q): %v", ok, err)
+		}
+	}
+}
+
+func TestDefaultTemplate(t *testing.T) {
+	cert, psk, pinned := handshake.KindCertificate, handshake.KindPSK, handshake.KindPinnedKey
+	tests := []struct {
+		kinds []handshake.Kind
+		want  string
+	}{
+		{nil, "{cn}"},
+		{[]handshake.Kind{cert}, "{cn}"},
+		{[]handshake.Kind{psk}, "{psk}"},
+		{[]handshake.Kind{pinned}, "{name}"},
+		{[]handshake.Kind{psk, cert}, "{cn}psk-{psk}"},
+		{[]handshake.Kind{pinned, cert}, "{cn}key-{name}"},
+		{[]handshake.Kind{pinned, psk}, "{name}psk-{psk}"},
+		{[]handshake.Kind{cert, pinned, psk}, "{cn}key-{name}psk-{psk}"},
+	}
+	for _, tt := range tests {
+		got := DefaultTemplate(tt.kinds...)
+		if got != tt.want {
+			t.Errorf("DefaultTemplate(%v) = %q, want %q", tt.kinds, got, tt.want)
+		}
+		if _, err := ParseTemplate(got); err != nil {
+			t.Errorf("DefaultTemplate(%v) does not parse: %v", tt.kinds, err)
 		}
 	}
 }
@@ -65,7 +113,8 @@ func TestTemplateRender(t *testing.T) {
 		{"{email}", "dev1@acme.example", "", "", ""},
 		{"{fingerprint}", "ab12", "", "", ""},
 		{"{psk}", "", "", "gw-7", ""},
-		{"{cn}{psk}", "dev1", "dev2", "gw-7", ""}, // one template for a mixed listener
+		{"{cn}psk-{psk}", "dev1", "dev2", "psk-gw-7", ""}, // one template for a mixed listener: literals belong to the field after them
+		{"{psk}@{cn}", "@dev1", "@dev2", "gw-7", ""},
 		{"tenant-{o}-{cn}", "tenant-acme-dev1", "tenant--dev2", "", ""},
 		{"psk:{psk}", "", "", "psk:gw-7", ""}, // literals alone never make an identity
 	}
@@ -106,7 +155,7 @@ func TestTemplateRenderAllocs(t *testing.T) {
 }
 
 func TestTemplateKinds(t *testing.T) {
-	cert, psk := handshake.KindCertificate, handshake.KindPSK
+	cert, psk, pinned := handshake.KindCertificate, handshake.KindPSK, handshake.KindPinnedKey
 	tests := []struct {
 		tmpl string
 		want []handshake.Kind
@@ -114,7 +163,10 @@ func TestTemplateKinds(t *testing.T) {
 		{"{cn}", []handshake.Kind{cert}},
 		{"{fingerprint}-{uri}", []handshake.Kind{cert}},
 		{"{psk}", []handshake.Kind{psk}},
-		{"{psk}{cn}", []handshake.Kind{cert, psk}},
+		{"{psk}-{cn}", []handshake.Kind{cert, psk}},
+		{"{fingerprint}", []handshake.Kind{cert, pinned}},
+		{"{name}", []handshake.Kind{pinned}},
+		{"{cn}key-{name}", []handshake.Kind{cert, pinned}},
 		{"x-{psk}-{o}-{psk}", []handshake.Kind{cert, psk}},
 	}
 	for _, tt := range tests {

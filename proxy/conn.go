@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
@@ -196,12 +197,21 @@ func (c *conn) run() (parked bool) {
 func (c *conn) acceptProxyHeader() bool {
 	_ = c.device.SetDeadline(c.start.Add(orDuration(c.cfg.HandshakeTimeout, DefaultHandshakeTimeout)))
 	h, err := readProxyHeader(c.device)
-	if err != nil {
+	switch {
+	case err != nil:
 		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, ReasonProxyHeader, err
 		return false
+	case h == nil:
+		c.outcome, c.reason = OutcomeRefused, ReasonProxyHeaderMissing
+		c.err = fmt.Errorf("no PROXY header from %s, a source trusted to send one: a client there would pass for the balancer and skip the per-address rate (a health check sends PROXY LOCAL, or UNKNOWN in v1)", c.remote)
+		return false
+	case h.Command == proxyproto.LOCAL:
+		return true // a health check (v1 UNKNOWN parses as LOCAL): the balancer speaks for itself
 	}
-	if h == nil || h.SourceAddr == nil {
-		return true // a health check, or a LOCAL command: the balancer speaks for itself
+	if h.SourceAddr == nil || !hasIP(h.SourceAddr) {
+		c.outcome, c.reason = OutcomeHandshakeFailed, ReasonProxyHeader
+		c.err = fmt.Errorf("PROXY header from %s forwards a client without an IP address (%v), so no per-address limit could apply to it", c.remote, h.TransportProtocol)
+		return false
 	}
 	lb := c.device.RemoteAddr().String()
 	if tc, ok := c.device.(*net.TCPConn); ok {

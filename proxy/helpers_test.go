@@ -45,6 +45,7 @@ var pki struct {
 	roots                      *x509.CertPool
 	serverCert, serverKey, cas string // files
 	device                     tls.Certificate
+	ca                         *handshaketest.CA // issues the certificates a test needs of its own
 }
 
 func TestMain(m *testing.M) {
@@ -93,6 +94,7 @@ func makePKI(dir string) error {
 		return err
 	}
 	pki.roots = ca.Pool()
+	pki.ca = ca
 	pki.device = device.TLSCertificate()
 	return nil
 }

@@ -66,6 +66,12 @@ func (l *ipLimiter) sweep(now time.Time) {
 	}
 }
 
+// hasIP reports whether addr names an IP host.
+func hasIP(addr net.Addr) bool {
+	_, ok := hostOf(addr)
+	return ok
+}
+
 func hostOf(addr net.Addr) (netip.Addr, bool) {
 	switch a := addr.(type) {
 	case *net.TCPAddr:

@@ -16,8 +16,18 @@ import (
 	"github.com/mqtls/mqtls/handshake"
 )
 
-// ReasonProxyHeader: a trusted source sent a PROXY protocol header that does not parse.
-const ReasonProxyHeader = "bad_proxy_header"
+// Reasons for refusing a connection from a source trusted to send PROXY headers
+// (Config.TrustProxyFrom).
+const (
+	// ReasonProxyHeader: the header does not parse, or it forwards a client without naming
+	// its IP address (v2 PROXY over UNSPEC or a unix socket), which no per-address limit
+	// or log could then apply to.
+	ReasonProxyHeader = "bad_proxy_header"
+	// ReasonProxyHeaderMissing: no header at all. A client reaching mqtls from a trusted
+	// address would otherwise pass for the balancer: no per-address rate, and logs naming
+	// the balancer. A balancer's own health checks send a LOCAL header (v1: UNKNOWN).
+	ReasonProxyHeaderMissing = "proxy_header_missing"
+)
 
 // maxProxyHeader bounds how much is peeked for a PROXY header: v1 is at most 107 bytes, and
 // a load balancer's v2 header with its TLVs fits easily.
@@ -38,9 +48,8 @@ func trustsProxy(trusted []netip.Prefix, addr net.Addr) bool {
 }
 
 // readProxyHeader reads a PROXY v1 or v2 header from the start of c, consuming exactly its
-// bytes, and returns it; it returns nil, nil when c does not start with one (the sender
-// may be a health check). It peeks first, so on a socket it costs two reads, not one per
-// byte.
+// bytes, and returns it; it returns nil, nil when c does not start with one, which the
+// caller refuses. It peeks first, so on a socket it costs two reads, not one per byte.
 func readProxyHeader(c net.Conn) (*proxyproto.Header, error) {
 	peeked, err := peek(c, maxProxyHeader)
 	if err != nil {

@@ -63,7 +63,10 @@ type Config struct {
 
 	// TrustProxyFrom lists the sources (load balancers) whose PROXY protocol v1/v2 header is
 	// read: the client it names is then the remote address for logs, limits and the header
-	// sent upstream. From anyone else a header is not read, so it fails the handshake.
+	// sent upstream. A connection from them must start with a header: without one it is
+	// refused (ReasonProxyHeaderMissing), and a LOCAL header (v1 UNKNOWN), a health check,
+	// passes as the balancer itself. From anyone else a header is not read, so it fails the
+	// handshake.
 	TrustProxyFrom []netip.Prefix
 	// SendProxyHeader is "v1" or "v2" to send a PROXY header to the upstream before the
 	// CONNECT ("" for none); v2 carries the TLS version, cipher and client CN as TLVs.
