@@ -150,7 +150,8 @@ func TestArgs(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--identity=dev-1"}, "--identity need --addr"},
+		{[]string{"--identity=dev-1"}, "--identity needs --addr"},
+		{[]string{"--identity=dev-1", "--payload=x"}, "--identity, --payload need --addr"},
 		{[]string{"--addr=127.0.0.1:5684"}, "--addr needs --identity"},
 		{[]string{"--addr=127.0.0.1:5684", "--identity=dev-1"}, "give --key-file or --psk-hex, not both"},
 		{[]string{"--addr=127.0.0.1:5684", "--identity=dev-1", "--key-file=" + keyFile, "--psk-hex=" + secret}, "not both"},

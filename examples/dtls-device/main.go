@@ -129,7 +129,11 @@ func runArgs(ctx context.Context, args []string, out, logs io.Writer) error {
 		var set []string
 		fs.Visit(func(f *flag.Flag) { set = append(set, "--"+f.Name) })
 		if len(set) > 0 {
-			return fmt.Errorf("%s need --addr, the gateway to talk to; without flags the self-contained demo runs", strings.Join(set, ", "))
+			verb := "needs"
+			if len(set) > 1 {
+				verb = "need"
+			}
+			return fmt.Errorf("%s %s --addr, the gateway to talk to; without flags the self-contained demo runs", strings.Join(set, ", "), verb)
 		}
 		return run(ctx, out, logs)
 	}
