@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +112,44 @@ func TestHeartbeat(t *testing.T) {
 	f.beat(time.Minute)
 	if want := "...  still running after 1m15s: m/slow (1m15s)\n"; out.String() != want {
 		t.Errorf("beat printed %q, want %q", out.String(), want)
+	}
+}
+
+// TestTestSh keeps promises scripts/test.sh makes to whoever runs it on their own machine:
+// it never stops, disables, restarts or kills a service it did not start (the tests use
+// their own brokers on free ports), it says up front how long a full run takes, and its
+// go test runs through this formatter.
+func TestTestSh(t *testing.T) {
+	data, err := os.ReadFile("../test.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var code []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if l := strings.TrimSpace(line); l != "" && !strings.HasPrefix(l, "#") {
+			code = append(code, l)
+		}
+	}
+	script := strings.Join(code, "\n")
+	for _, banned := range []*regexp.Regexp{
+		regexp.MustCompile(`\bsystemctl\b`),
+		regexp.MustCompile(`\bservice\s+\S+\s+(stop|restart|reload)\b`),
+		regexp.MustCompile(`\b(pkill|killall)\b`),
+		regexp.MustCompile(`\bupdate-rc\.d\b`),
+	} {
+		if m := banned.FindString(script); m != "" {
+			t.Errorf("scripts/test.sh runs %q: it must leave the machine's services alone", m)
+		}
+	}
+	for _, want := range []string{
+		"a full run takes about",           // said up front, in the first output line
+		`"${MQTLS_TEST_PKGS:-./...}"`,      // the default is the whole module
+		"-json",                            // go test's events ...
+		`"$tmp/testfmt" -packages`,         // ... through this formatter
+		`printf 'test.sh: %s\n' "$counts"`, // the count is the last line
+	} {
+		if !strings.Contains(script, want) {
+			t.Errorf("scripts/test.sh lacks %q", want)
+		}
 	}
 }
