@@ -162,7 +162,7 @@ func (f *formatter) finish(e event, p *pkgState) {
 		// never finished (a panic or a timeout ends the binary mid-test); a passing test's
 		// log, even a subtest's of a failing test, is noise here.
 		for _, l := range p.lines {
-			if !p.passed[l.test] {
+			if !p.passed[l.test] && !(l.test == "" && goTestSummary(l.text, e.Package)) {
 				f.print("%s", l.text)
 			}
 		}
@@ -172,6 +172,17 @@ func (f *formatter) finish(e event, p *pkgState) {
 		progress = fmt.Sprintf("%d/%d", f.done, f.total)
 	}
 	f.print("%s %s %s  [%s, %s]\n", status, e.Package, detail, progress, f.elapsed())
+}
+
+// goTestSummary tells go test's own closing lines of package pkg ("FAIL", "FAIL\tpkg\t0.1s"),
+// which the package's line replaces.
+func goTestSummary(text, pkg string) bool {
+	text = strings.TrimSuffix(text, "\n")
+	if text == "PASS" || text == "FAIL" {
+		return true
+	}
+	f := strings.Fields(text)
+	return len(f) >= 2 && (f[0] == "FAIL" || f[0] == "ok") && f[1] == pkg
 }
 
 func (f *formatter) elapsed() string {

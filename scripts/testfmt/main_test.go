@@ -23,7 +23,9 @@ const stream = `{"Action":"start","Package":"m/slow"}
 {"Action":"fail","Package":"m/bad","Test":"TestBad/sub","Elapsed":0}
 {"Action":"output","Package":"m/bad","Test":"TestBad","Output":"--- FAIL: TestBad (0.00s)\n"}
 {"Action":"fail","Package":"m/bad","Test":"TestBad","Elapsed":0}
+{"Action":"output","Package":"m/bad","Output":"panic: in TestMain\n"}
 {"Action":"output","Package":"m/bad","Output":"FAIL\n"}
+{"Action":"output","Package":"m/bad","Output":"FAIL\tm/bad\t0.5s\n"}
 {"Action":"fail","Package":"m/bad","Elapsed":0.5}
 {"Action":"skip","Package":"m/none","Elapsed":0}
 {"ImportPath":"m/broken","Action":"build-output","Output":"# m/broken\n"}
@@ -49,7 +51,7 @@ func TestFormat(t *testing.T) {
 	got := out.String()
 	t.Logf("output:\n%s", got)
 	for _, want := range []string{
-		"=== RUN   TestBad\n    bad_test.go:9: want 1, got 2\n--- FAIL: TestBad (0.00s)\nFAIL\nFAIL m/bad 0.5s  [1/4, 0s]\n",
+		"=== RUN   TestBad\n    bad_test.go:9: want 1, got 2\n--- FAIL: TestBad (0.00s)\npanic: in TestMain\nFAIL m/bad 0.5s  [1/4, 0s]\n",
 		"?    m/none [no test files]  [2/4, 0s]\n",
 		"# m/broken\nbroken.go:3:1: syntax error\nFAIL m/broken [build failed]  [3/4, 0s]\n",
 		"go: warning: a plain line\n",
