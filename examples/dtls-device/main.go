@@ -26,13 +26,30 @@
 // The narrative goes to stdout; mqtls's JSON log (one "connection" audit line per
 // session, summarized in the narrative) and the broker's warnings go to stderr. It exits
 // non-zero if anything does not happen as described.
+//
+// # Against a real gateway
+//
+// With --addr it starts nothing itself: it is one device talking to the mqtls DTLS listener
+// at that address (mqtls serve --dtls-listen=... --psk-file=...), as the given PSK identity,
+// with that identity's key. It connects (client ID: the identity, or --client-id), publishes
+// --payload to --topic (devices/<identity>/temp) with QoS 1, waits for the broker's
+// acknowledgement and disconnects:
+//
+//	go run ./examples/dtls-device --addr=gateway.example:5684 --identity=dev-1 --key-file=dev-1.psk
+//
+// --key-file is a PSK file in Mosquitto's format (identity:hexkey lines, the format of
+// mqtls's --psk-file); the line for --identity is used, so a copy of the gateway's own file
+// works for a test. --psk-hex gives the key on the command line instead, where other users
+// of the machine can read it (ps): use it for throw-away keys only.
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -40,6 +57,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
@@ -68,13 +86,107 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	ctx, cancel := context.WithTimeout(ctx, runTimeout)
-	err := run(ctx, os.Stdout, os.Stderr)
+	err := runArgs(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	cancel()
 	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dtls-device:", err)
 		os.Exit(1)
 	}
+}
+
+// device is one device's settings: who it is and what it publishes.
+type device struct {
+	identity string // the PSK identity it sends
+	key      []byte
+	clientID string
+	topic    string
+	payload  string
+}
+
+// runArgs runs the self-contained demo without flags, and one device against the gateway
+// at --addr with them.
+func runArgs(ctx context.Context, args []string, out, logs io.Writer) error {
+	fs := flag.NewFlagSet("dtls-device", flag.ContinueOnError)
+	fs.SetOutput(logs)
+	addr := fs.String("addr", "", "a real gateway's DTLS listener, host:port (mqtls serve --dtls-listen); without it, the self-contained demo runs")
+	identity := fs.String("identity", "", "the device's PSK identity (with --addr)")
+	keyFile := fs.String("key-file", "", "a PSK file in Mosquitto's format (identity:hexkey lines); the line for --identity is used")
+	pskHex := fs.String("psk-hex", "", "the key in hex, instead of --key-file (visible to other users in ps: throw-away keys only)")
+	clientID := fs.String("client-id", "", "the MQTT client ID (default: --identity)")
+	topicFlag := fs.String("topic", "", "where to publish (default: devices/<identity>/temp)")
+	payloadFlag := fs.String("payload", payload, "what to publish")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: every setting is a flag (-h lists them)", fs.Arg(0))
+	}
+	if *addr == "" {
+		var set []string
+		fs.Visit(func(f *flag.Flag) { set = append(set, "--"+f.Name) })
+		if len(set) > 0 {
+			verb := "needs"
+			if len(set) > 1 {
+				verb = "need"
+			}
+			return fmt.Errorf("%s %s --addr, the gateway to talk to; without flags the self-contained demo runs", strings.Join(set, ", "), verb)
+		}
+		return run(ctx, out, logs)
+	}
+	d := device{identity: *identity, clientID: cmp.Or(*clientID, *identity), payload: *payloadFlag,
+		topic: cmp.Or(*topicFlag, "devices/"+*identity+"/temp")}
+	if d.identity == "" {
+		return errors.New("--addr needs --identity, the device's PSK identity")
+	}
+	var err error
+	if d.key, err = loadKey(d.identity, *keyFile, *pskHex); err != nil {
+		return err
+	}
+	return runGateway(ctx, out, *addr, d)
+}
+
+// loadKey reads identity's key from keyFile (Mosquitto's PSK file format, as mqtls's
+// --psk-file) or from pskHex: exactly one of them. No error holds key material.
+func loadKey(identity, keyFile, pskHex string) ([]byte, error) {
+	switch {
+	case (keyFile == "") == (pskHex == ""):
+		return nil, errors.New("--addr needs the device's key: give --key-file or --psk-hex, not both")
+	case pskHex != "":
+		key, err := hex.DecodeString(pskHex)
+		if err != nil || len(key) == 0 {
+			return nil, errors.New("--psk-hex is not a key in hex (an even number of 0-9a-f digits)")
+		}
+		return key, nil
+	}
+	data, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading --key-file: %w", err)
+	}
+	keys, err := handshake.ParsePSKs(keyFile, data, handshake.PSKFormatMosquitto)
+	if err != nil {
+		return nil, fmt.Errorf("--key-file: %w", err)
+	}
+	key, ok := keys[identity]
+	if !ok {
+		return nil, fmt.Errorf("--key-file %s has no line for identity %q (want %s:<hex key>)", keyFile, identity, identity)
+	}
+	return key, nil
+}
+
+// runGateway is one device d talking to the mqtls DTLS listener at addr: it connects,
+// publishes d.payload to d.topic with QoS 1 and disconnects.
+func runGateway(ctx context.Context, out io.Writer, addr string, d device) error {
+	say := func(format string, args ...any) { fmt.Fprintf(out, format+"\n", args...) }
+	say("device %q -> gateway udp %s (DTLS 1.2, PSK, %s)", d.identity, addr, dtls.CipherSuiteName(suite))
+	if err := honestDevice(ctx, say, d, addr, nil); err != nil {
+		return err
+	}
+	say("done")
+	return nil
 }
 
 // run tells the story on out and writes mqtls's and the broker's logs to logs. It returns
@@ -134,7 +246,9 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 	say("4. dashboard: subscribed to devices/+/temp on the broker")
 
 	// 5. The device, over DTLS.
-	if err := honestDevice(ctx, say, key, proxyAddr, msgs); err != nil {
+	dev := device{identity: deviceID, key: key, clientID: deviceID, topic: topic, payload: payload}
+	say("5. the device, over DTLS to mqtls:")
+	if err := honestDevice(ctx, say, dev, proxyAddr, msgs); err != nil {
 		return err
 	}
 	if err := sayAudit(ctx, say, audit, proxy.OutcomeForwarded); err != nil {
@@ -142,7 +256,7 @@ func run(ctx context.Context, out, logs io.Writer) (err error) {
 	}
 
 	// 6. The same key, claiming another device's client ID.
-	if err := spoofingDevice(ctx, say, key, proxyAddr); err != nil {
+	if err := spoofingDevice(ctx, say, dev, proxyAddr); err != nil {
 		return err
 	}
 	if err := sayAudit(ctx, say, audit, proxy.OutcomeRejected); err != nil {
@@ -260,15 +374,15 @@ func subscribe(ctx context.Context, brokerAddr string, msgs chan<- *paho.Publish
 // dialDevice opens the device's DTLS-PSK session with mqtls and returns it as the MQTT
 // byte stream paho needs: a datagram.Conn, which sends every MQTT packet whole in one
 // datagram and hands over only datagrams that hold whole packets.
-func dialDevice(ctx context.Context, key []byte, addr string) (*datagram.Conn, *dtls.Conn, error) {
+func dialDevice(ctx context.Context, d device, addr string) (*datagram.Conn, *dtls.Conn, error) {
 	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, nil, err
 	}
 	conn, err := dtls.DialWithOptions("udp", raddr,
-		dtls.WithPSK(func([]byte) ([]byte, error) { return key, nil }),
+		dtls.WithPSK(func([]byte) ([]byte, error) { return d.key, nil }),
 		// pion's client sends its PSK identity from this option.
-		dtls.WithPSKIdentityHint([]byte(deviceID)),
+		dtls.WithPSKIdentityHint([]byte(d.identity)),
 		dtls.WithCipherSuites(suite),
 		// Connection IDs (RFC 9146): the session survives the device's NAT rebinding.
 		dtls.WithConnectionIDGenerator(dtls.OnlySendCIDGenerator()),
@@ -278,52 +392,61 @@ func dialDevice(ctx context.Context, key []byte, addr string) (*datagram.Conn, *
 	}
 	if err := conn.HandshakeContext(ctx); err != nil {
 		conn.Close()
+		if errors.Is(err, context.DeadlineExceeded) {
+			// DTLS discards what it cannot decrypt without an alert (RFC 6347 4.1.2.7), so a
+			// wrong key looks exactly like nobody listening.
+			return nil, nil, fmt.Errorf("DTLS handshake with mqtls at %s: no answer in %v: check the address, that the gateway has a --dtls-listen there, and identity %q's key: %w",
+				addr, stepTimeout, d.identity, err)
+		}
 		return nil, nil, fmt.Errorf("DTLS handshake with mqtls at %s: %w", addr, err)
 	}
 	return datagram.New(conn, datagram.Options{}), conn, nil
 }
 
-// honestDevice connects as the identity its key belongs to and publishes a reading,
-// which the dashboard must receive.
-func honestDevice(ctx context.Context, say func(string, ...any), key []byte, addr string, msgs <-chan *paho.Publish) (err error) {
+// honestDevice connects as device d and publishes a reading. With msgs (the demo's
+// dashboard, subscribed on the broker) it also waits for the dashboard to receive it;
+// without, the broker's PUBACK is the proof that it arrived.
+func honestDevice(ctx context.Context, say func(string, ...any), d device, addr string, msgs <-chan *paho.Publish) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
-	conn, dc, err := dialDevice(ctx, key, addr)
+	conn, dc, err := dialDevice(ctx, d, addr)
 	if err != nil {
 		return err
 	}
 	st, _ := dc.ConnectionState()
-	say("5. device %q: DTLS 1.2 handshake done, %s", deviceID, dtls.CipherSuiteName(st.CipherSuiteID))
+	say("   device %q: DTLS 1.2 handshake done, %s", d.identity, dtls.CipherSuiteName(st.CipherSuiteID))
 	c := paho.NewClient(paho.ClientConfig{Conn: conn})
-	ack, err := c.Connect(ctx, &paho.Connect{ClientID: deviceID, CleanStart: true, KeepAlive: 30})
+	ack, err := c.Connect(ctx, &paho.Connect{ClientID: d.clientID, CleanStart: true, KeepAlive: 30})
 	if err != nil { // paho has closed the connection
 		if ack != nil {
 			return fmt.Errorf("device %q was refused: CONNACK reason %#02x (%s): %w",
-				deviceID, ack.ReasonCode, policy.Code(ack.ReasonCode), err)
+				d.clientID, ack.ReasonCode, policy.Code(ack.ReasonCode), err)
 		}
-		return fmt.Errorf("connecting device %q: %w", deviceID, err)
+		return fmt.Errorf("connecting device %q: %w", d.clientID, err)
 	}
 	defer func() {
 		if derr := c.Disconnect(&paho.Disconnect{ReasonCode: 0}); derr != nil && !errors.Is(derr, net.ErrClosed) {
-			err = errors.Join(err, fmt.Errorf("disconnecting device %q: %w", deviceID, derr))
+			err = errors.Join(err, fmt.Errorf("disconnecting device %q: %w", d.clientID, derr))
 		}
 		<-c.Done()
 	}()
-	say("   accepted as client ID %q: CONNACK reason %#02x (%s)", deviceID, ack.ReasonCode, policy.Code(ack.ReasonCode))
+	say("   accepted as client ID %q: CONNACK reason %#02x (%s)", d.clientID, ack.ReasonCode, policy.Code(ack.ReasonCode))
 
-	if _, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(payload)}); err != nil {
-		return fmt.Errorf("publishing to %s: %w", topic, err)
+	if _, err := c.Publish(ctx, &paho.Publish{Topic: d.topic, QoS: 1, Payload: []byte(d.payload)}); err != nil {
+		return fmt.Errorf("publishing to %s: %w", d.topic, err)
 	}
-	say("   published %q to %s (QoS 1, acknowledged by the broker)", payload, topic)
+	say("   published %q to %s (QoS 1, acknowledged by the broker)", d.payload, d.topic)
 
-	select {
-	case m := <-msgs:
-		if m.Topic != topic || string(m.Payload) != payload {
-			return fmt.Errorf("dashboard received %q on %s, want %q on %s", m.Payload, m.Topic, payload, topic)
+	if msgs != nil {
+		select {
+		case m := <-msgs:
+			if m.Topic != d.topic || string(m.Payload) != d.payload {
+				return fmt.Errorf("dashboard received %q on %s, want %q on %s", m.Payload, m.Topic, d.payload, d.topic)
+			}
+			say("   dashboard received %q on %s: device -> DTLS -> mqtls -> broker -> dashboard", m.Payload, m.Topic)
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the dashboard to receive %s: %w", d.topic, ctx.Err())
 		}
-		say("   dashboard received %q on %s: device -> DTLS -> mqtls -> broker -> dashboard", m.Payload, m.Topic)
-	case <-ctx.Done():
-		return fmt.Errorf("waiting for the dashboard to receive %s: %w", topic, ctx.Err())
 	}
 	if n := conn.Dropped(); n != 0 {
 		return fmt.Errorf("the device dropped %d datagrams that were not whole MQTT packets", n)
@@ -334,10 +457,10 @@ func honestDevice(ctx context.Context, say func(string, ...any), key []byte, add
 
 // spoofingDevice uses dev-1's key but claims client ID dev-2, and checks that mqtls
 // refuses it with CONNACK 0x85.
-func spoofingDevice(ctx context.Context, say func(string, ...any), key []byte, addr string) error {
+func spoofingDevice(ctx context.Context, say func(string, ...any), d device, addr string) error {
 	ctx, cancel := context.WithTimeout(ctx, stepTimeout)
 	defer cancel()
-	conn, _, err := dialDevice(ctx, key, addr)
+	conn, _, err := dialDevice(ctx, d, addr)
 	if err != nil {
 		return err
 	}

@@ -158,6 +158,7 @@ func checkMqtls(t *testing.T, m *manifestSet, d deployment, c container) {
 
 	t.Run("tls-secret", func(t *testing.T) { checkSecretSources(t, m, pod.Spec, c, s) })
 	t.Run("service", func(t *testing.T) { checkServices(t, m, pod, c, s) })
+	t.Run("networkpolicy", func(t *testing.T) { checkNetworkPolicy(t, pod.Metadata.Labels, c, s) })
 	t.Run("broker", func(t *testing.T) { checkBroker(t, m, pod.Spec, s) })
 
 	t.Run("resources", func(t *testing.T) {
@@ -452,6 +453,8 @@ func checkBroker(t *testing.T, m *manifestSet, spec podSpec, s settings) {
 			continue
 		}
 		upstreamFound := false
+		persistence := ""
+		location := "/mosquitto/data/" // the image's default, on its read-only root file system
 		for _, line := range strings.Split(conf, "\n") {
 			f := strings.Fields(line)
 			if len(f) == 0 || strings.HasPrefix(f[0], "#") {
@@ -469,6 +472,10 @@ func checkBroker(t *testing.T, m *manifestSet, spec podSpec, s settings) {
 					t.Errorf("mosquitto.conf: %q is not loopback: devices could reach the broker around mqtls", line)
 				}
 				upstreamFound = upstreamFound || f[1] == strconv.Itoa(upPort) && f[2] == upHost
+			case "persistence":
+				persistence = strings.Join(f[1:], " ")
+			case "persistence_location":
+				location = strings.Join(f[1:], " ")
 			case "acl_file":
 				acl, ok := m.configFile(spec, b, f[1])
 				if !ok {
@@ -485,6 +492,18 @@ func checkBroker(t *testing.T, m *manifestSet, spec podSpec, s settings) {
 		}
 		if !upstreamFound {
 			t.Errorf("--upstream %s is no listener of container %s", s.get("upstream"), b.Name)
+		}
+		// Persistence is a choice the README explains: say it, and if it is on, give it a
+		// volume it can write (the root file system is read-only).
+		switch persistence {
+		case "false":
+		case "true":
+			mnt, _, ok := b.mountOf(path.Join(location, "mosquitto.db"))
+			if v, isVol := spec.volume(mnt.Name); !ok || mnt.ReadOnly || !isVol || v.Secret != nil || v.ConfigMap != nil {
+				t.Errorf("mosquitto.conf: persistence true, but persistence_location %s is on no writable volume of container %s", location, b.Name)
+			}
+		default:
+			t.Errorf("mosquitto.conf: persistence %q; say false or true, and why (README, Broker persistence)", persistence)
 		}
 	}
 	if brokers == 0 {
@@ -817,6 +836,7 @@ type volumeMount struct {
 	Name      string `yaml:"name"`
 	MountPath string `yaml:"mountPath"`
 	SubPath   string `yaml:"subPath"`
+	ReadOnly  bool   `yaml:"readOnly"`
 }
 
 type probe struct {
@@ -1009,10 +1029,9 @@ func (m *manifestSet) configFile(spec podSpec, c container, file string) (string
 	return "", false
 }
 
-func loadManifests(t *testing.T) *manifestSet {
-	t.Helper()
-	m := &manifestSet{}
-	err := filepath.WalkDir(".", func(file string, d fs.DirEntry, err error) error {
+// walkManifests calls fn with every YAML file in this directory and below.
+func walkManifests(fn func(file string, data []byte) error) error {
+	return filepath.WalkDir(".", func(file string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || (path.Ext(file) != ".yaml" && path.Ext(file) != ".yml") {
 			return err
 		}
@@ -1020,6 +1039,14 @@ func loadManifests(t *testing.T) *manifestSet {
 		if err != nil {
 			return err
 		}
+		return fn(file, data)
+	})
+}
+
+func loadManifests(t *testing.T) *manifestSet {
+	t.Helper()
+	m := &manifestSet{}
+	err := walkManifests(func(file string, data []byte) error {
 		dec := yaml.NewDecoder(bytes.NewReader(data))
 		for {
 			var n yaml.Node
@@ -1063,6 +1090,8 @@ func (m *manifestSet) add(n *yaml.Node, o object) error {
 	case "Issuer", "ClusterIssuer":
 		m.issuers = append(m.issuers, o)
 		return nil
+	case "Namespace", "NetworkPolicy", "Kustomization":
+		return nil // schema_test.go checks these on the real API types
 	}
 	return fmt.Errorf("kind %q is not checked by this test: teach it, or leave the manifest out", o.Kind)
 }
