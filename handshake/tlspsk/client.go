@@ -26,6 +26,9 @@ type ClientConfig struct {
 	// OfferETM offers encrypt_then_mac (RFC 7366). A CBC suite is only accepted together
 	// with it.
 	OfferETM bool
+	// Versions lists the protocol versions offered, preferred first; nil means TLS 1.3 and
+	// TLS 1.2.
+	Versions []uint16
 
 	// groups overrides the supported_groups offered (tests).
 	groups []uint16

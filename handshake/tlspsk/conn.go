@@ -25,8 +25,11 @@ const (
 	recordTypeApplicationData  uint8 = 23
 )
 
-// VersionTLS12 is the only protocol version this package speaks.
-const VersionTLS12 uint16 = 0x0303
+// The protocol versions this package speaks.
+const (
+	VersionTLS12 uint16 = 0x0303
+	VersionTLS13 uint16 = 0x0304
+)
 
 // maxIdleRecords bounds how many records in a row may carry nothing for the caller (empty
 // application data, ignored warnings) before the peer is considered abusive.

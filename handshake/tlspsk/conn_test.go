@@ -157,8 +157,9 @@ func TestHandshakeFailures(t *testing.T) {
 		{"wrong key", ClientConfig{Identity: testIdentity, Key: otherKey}, ReasonDecryptError, alertDecryptError},
 		{"wrong key ECDHE", ClientConfig{Identity: testIdentity, Key: otherKey, Suites: []uint16{TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256}}, ReasonDecryptError, alertDecryptError},
 		{"wrong key CBC", ClientConfig{Identity: testIdentity, Key: otherKey, Suites: []uint16{TLS_PSK_WITH_AES_128_CBC_SHA256}, OfferETM: true}, ReasonDecryptError, alertDecryptError},
-		{"unknown identity", ClientConfig{Identity: "device-2", Key: testKey}, ReasonUnknownPSKIdentity, alertUnknownPSKIdentity},
-		{"empty identity", ClientConfig{Identity: "", Key: testKey}, ReasonUnknownPSKIdentity, alertUnknownPSKIdentity},
+		// An unknown identity gets the wrong key's alert (RFC 4279 §2): no enumeration.
+		{"unknown identity", ClientConfig{Identity: "device-2", Key: testKey}, ReasonUnknownPSKIdentity, alertDecryptError},
+		{"empty identity", ClientConfig{Identity: "", Key: testKey}, ReasonUnknownPSKIdentity, alertDecryptError},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -137,7 +137,7 @@ func TestOpenSSLClient(t *testing.T) {
 		{name: "ECDHE over P-256", args: []string{"-tls1_2", "-cipher", "ECDHE-PSK-CHACHA20-POLY1305", "-curves", "P-256"}, want: TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256},
 		{name: "SNI", args: []string{"-tls1_2", "-servername", "broker.example"}, want: TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256, wantSNI: "broker.example"},
 		{name: "wrong key", args: []string{"-tls1_2"}, key: hex.EncodeToString(otherKey), reason: ReasonDecryptError, peerSays: "alert decrypt error"},
-		{name: "unknown identity", args: []string{"-tls1_2"}, identity: "device-2", reason: ReasonUnknownPSKIdentity, peerSays: "alert unknown psk identity"},
+		{name: "unknown identity", args: []string{"-tls1_2"}, identity: "device-2", reason: ReasonUnknownPSKIdentity, peerSays: "alert decrypt error"},
 		{name: "TLS 1.1 only", args: []string{"-tls1_1", "-cipher", "PSK@SECLEVEL=0"}, reason: ReasonProtocolVersion, peerSays: "alert protocol version"},
 		{name: "TLS 1.3 only", args: []string{"-tls1_3"}, reason: ReasonProtocolVersion, peerSays: "alert protocol version"},
 		{name: "certificate client", noPSK: true, reason: ReasonNoSharedCipher, peerSays: "alert handshake failure"},

@@ -28,6 +28,12 @@ type Config struct {
 	// Suites is the server's order of preference; nil means DefaultSuites. The CBC suites
 	// are only ever chosen when the client also offers encrypt_then_mac.
 	Suites []uint16
+	// RevealUnknownIdentity sends the explicit unknown_psk_identity alert for an identity
+	// Lookup does not know. By default (false) an unknown identity is answered exactly like
+	// a wrong key — the handshake carries on with a random key and ends with decrypt_error —
+	// so that a client cannot enumerate identities (RFC 4279 §2, RFC 8446 §6.2). Either way
+	// the Error's Reason is unknown_psk_identity. Turn it on only to debug a device.
+	RevealUnknownIdentity bool
 }
 
 // Validate reports a Config that cannot serve, naming the field.
@@ -61,7 +67,7 @@ func Server(c net.Conn, cfg *Config) *Conn {
 //	                     <--  ChangeCipherSpec, Finished
 //
 // c.in.mu is held.
-func (c *Conn) serverHandshake() error {
+func (c *Conn) serverHandshake() (err error) {
 	if err := c.cfg.Validate(); err != nil {
 		return &Error{Reason: ReasonConfig, Err: err}
 	}
@@ -169,12 +175,14 @@ func (c *Conn) serverHandshake() error {
 		}
 	}
 	identity := string(cke.identity)
-	key, ok := c.cfg.Lookup(identity)
-	if !ok {
-		return c.fatal(ReasonUnknownPSKIdentity, alertUnknownPSKIdentity, fmt.Errorf("no key for identity %s", quoteIdentity(identity)))
+	key, known, err := c.lookupKey(identity)
+	if err != nil {
+		return err
 	}
-	if err := validKey(key); err != nil {
-		return c.fatal(ReasonInternal, alertInternalError, err)
+	if !known {
+		// Carry on with the random key: the client's Finished cannot verify, and the
+		// answer is the decrypt_error a wrong key gets, after the same work.
+		defer func() { err = unknownIdentityError(err, identity) }()
 	}
 	c.state.Identity = identity
 	var premaster []byte
@@ -224,6 +232,40 @@ func (c *Conn) serverHandshake() error {
 		return c.fatal(ReasonInternal, alertInternalError, err)
 	}
 	return c.writeFinished(keys.server, appendHandshake(nil, typeFinished, verify))
+}
+
+// lookupKey finds the key of identity. An unknown identity gets a random key and
+// known=false, unless the Config reveals unknown identities, in which case it is refused
+// here with unknown_psk_identity.
+func (c *Conn) lookupKey(identity string) (key []byte, known bool, err error) {
+	key, ok := c.cfg.Lookup(identity)
+	if !ok {
+		if c.cfg.RevealUnknownIdentity {
+			return nil, false, c.fatal(ReasonUnknownPSKIdentity, alertUnknownPSKIdentity, fmt.Errorf("no key for identity %s", quoteIdentity(identity)))
+		}
+		key = make([]byte, 32)
+		rand.Read(key)
+		return key, false, nil
+	}
+	if err := validKey(key); err != nil {
+		return nil, false, c.fatal(ReasonInternal, alertInternalError, err)
+	}
+	return key, true, nil
+}
+
+// unknownIdentityError turns the decrypt_error that an unknown identity's random key
+// ends in into the unknown_psk_identity it really is, for the log; the alert already sent
+// stays decrypt_error. Any other failure (the peer hanging up first) is left alone.
+func unknownIdentityError(err error, identity string) error {
+	var e *Error
+	if errors.As(err, &e) && e.Reason == ReasonDecryptError {
+		return &Error{Reason: ReasonUnknownPSKIdentity, Alert: e.Alert, Err: fmt.Errorf("no key for identity %s", quoteIdentity(identity))}
+	}
+	if err == nil {
+		// Cannot happen: a random 256-bit key does not verify. Refuse all the same.
+		return &Error{Reason: ReasonUnknownPSKIdentity, Err: fmt.Errorf("no key for identity %s", quoteIdentity(identity))}
+	}
+	return err
 }
 
 // selectSuite picks the first suite in the server's order that the client offers and that
