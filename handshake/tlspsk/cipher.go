@@ -142,12 +142,16 @@ type xorNonceAEAD struct {
 
 func (c *xorNonceAEAD) overhead() int { return c.aead.Overhead() }
 
-func (c *xorNonceAEAD) setNonce(seq uint64) {
-	c.nonce = c.iv
+func (c *xorNonceAEAD) setNonce(seq uint64) { xorNonce(&c.nonce, &c.iv, seq) }
+
+// xorNonce sets nonce to iv XOR the sequence number, left-padded to 12 bytes (RFC 7905 §2,
+// RFC 8446 §5.3).
+func xorNonce(nonce, iv *[12]byte, seq uint64) {
+	*nonce = *iv
 	var s [8]byte
 	binary.BigEndian.PutUint64(s[:], seq)
 	for i := range s {
-		c.nonce[4+i] ^= s[i]
+		nonce[4+i] ^= s[i]
 	}
 }
 

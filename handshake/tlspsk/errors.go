@@ -67,6 +67,7 @@ const (
 	alertInternalError        uint8 = 80
 	alertUserCanceled         uint8 = 90
 	alertNoRenegotiation      uint8 = 100
+	alertMissingExtension     uint8 = 109
 	alertUnsupportedExtension uint8 = 110
 	alertUnknownPSKIdentity   uint8 = 115
 )

@@ -52,7 +52,7 @@ func OffersPSK(clientHelloRecord []byte) bool {
 		if !suites.ReadUint16(&id) {
 			return false
 		}
-		if st := suiteByID(id); st != nil {
+		if st := suiteByID(id); st != nil && !st.tls13 {
 			if st.aead() {
 				return true
 			}

@@ -1,0 +1,193 @@
+package tlspsk
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+		"errors"
+	"hash"
+
+	"github.com/pion/dtls/v3/pkg/crypto/ccm"
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// The TLS 1.3 key schedule (RFC 8446 §7.1). Every suite here, and every external PSK, is
+// bound to SHA-256 (RFC 9257 §6: an external PSK names its hash; OpenSSL, GnuTLS, mbedTLS
+// and wolfSSL clients assume SHA-256 unless told otherwise).
+
+const hashLen = sha256.Size
+
+var zeroHash [hashLen]byte
+
+// expandLabel is HKDF-Expand-Label (RFC 8446 §7.1).
+func expandLabel(secret []byte, label string, context []byte, length int) []byte {
+	info := make([]byte, 0, 2+1+6+len(label)+1+len(context))
+	info = appendU16(info, uint16(length))
+	info = append(info, byte(6+len(label)))
+	info = append(info, "tls13 "...)
+	info = append(info, label...)
+	info = appendU8Bytes(info, context)
+	out, err := hkdf.Expand(sha256.New, secret, string(info), length)
+	if err != nil {
+		// Only for lengths over 255*32, which no caller asks for.
+		panic("tlspsk: HKDF-Expand-Label: " + err.Error())
+	}
+	return out
+}
+
+// extract is HKDF-Extract with SHA-256.
+func extract(ikm, salt []byte) []byte {
+	out, err := hkdf.Extract(sha256.New, ikm, salt)
+	if err != nil {
+		panic("tlspsk: HKDF-Extract: " + err.Error())
+	}
+	return out
+}
+
+// deriveSecret is Derive-Secret(secret, label, transcript hash) (RFC 8446 §7.1).
+func deriveSecret(secret []byte, label string, transcriptHash []byte) []byte {
+	return expandLabel(secret, label, transcriptHash, hashLen)
+}
+
+// emptyHash is SHA-256 of the empty string, the context of the "derived" and binder
+// secrets.
+var emptyHash = func() []byte { h := sha256.Sum256(nil); return h[:] }()
+
+// earlySecret and binderKey start the schedule from an external PSK.
+func earlySecret(psk []byte) []byte { return extract(psk, zeroHash[:]) }
+
+func binderKey(early []byte) []byte { return deriveSecret(early, "ext binder", emptyHash) }
+
+// finishedMAC is the verify_data of a Finished or a PSK binder: HMAC over a transcript
+// hash with the finished key of base (RFC 8446 §4.4.4).
+func finishedMAC(base, transcriptHash []byte) []byte {
+	key := expandLabel(base, "finished", nil, hashLen)
+	m := hmac.New(sha256.New, key)
+	m.Write(transcriptHash)
+	clear(key)
+	return m.Sum(nil)
+}
+
+// handshakeSecret is the second stage: (EC)DHE shared secret, or zeros with psk_ke.
+func handshakeSecret(early, shared []byte) []byte {
+	if shared == nil {
+		shared = zeroHash[:]
+	}
+	return extract(shared, deriveSecret(early, "derived", emptyHash))
+}
+
+// masterSecret13 is the third stage.
+func masterSecret13(hs []byte) []byte {
+	return extract(zeroHash[:], deriveSecret(hs, "derived", emptyHash))
+}
+
+// nextTrafficSecret is the KeyUpdate step (RFC 8446 §7.2).
+func nextTrafficSecret(secret []byte) []byte {
+	return expandLabel(secret, "traffic upd", nil, hashLen)
+}
+
+// transcript hashes handshake messages as they go by.
+type transcript struct{ h hash.Hash }
+
+func newTranscript() *transcript { return &transcript{h: sha256.New()} }
+
+func (t *transcript) add(msgs ...[]byte) {
+	for _, m := range msgs {
+		t.h.Write(m)
+	}
+}
+
+func (t *transcript) sum() []byte { return t.h.Sum(nil) }
+
+// aead13 protects the records of one direction in TLS 1.3 (RFC 8446 §5.2-5.3): the nonce
+// is the IV XORed with the sequence number, the additional data is the record header, and
+// the plaintext is TLSInnerPlaintext (content, type, zero padding).
+type aead13 struct {
+	aead  cipher.AEAD
+	iv    [12]byte
+	nonce [12]byte
+}
+
+func (c *aead13) overhead() int { return 1 + c.aead.Overhead() }
+
+func (c *aead13) setNonce(seq uint64) { xorNonce(&c.nonce, &c.iv, seq) }
+
+// trafficPair is both directions' traffic secrets of one stage and their protection.
+type trafficPair struct {
+	clientSecret, serverSecret []byte
+	client, server             *aead13
+}
+
+// trafficKeys derives the "c hs traffic"/"s hs traffic" or "c ap traffic"/"s ap traffic"
+// pair (stage "hs" or "ap") from secret and a transcript hash.
+func trafficKeys(s *suite, secret []byte, stage string, transcriptHash []byte) (*trafficPair, error) {
+	p := &trafficPair{
+		clientSecret: deriveSecret(secret, "c "+stage+" traffic", transcriptHash),
+		serverSecret: deriveSecret(secret, "s "+stage+" traffic", transcriptHash),
+	}
+	var err error
+	if p.client, err = newCipher13(s, p.clientSecret); err != nil {
+		return nil, err
+	}
+	if p.server, err = newCipher13(s, p.serverSecret); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// seal encrypts an inner plaintext; hdr is the record header carrying the ciphertext
+// length, which is the additional data.
+func (c *aead13) seal(dst []byte, seq uint64, hdr []byte, inner []byte) []byte {
+	c.setNonce(seq)
+	return c.aead.Seal(dst, c.nonce[:], inner, hdr)
+}
+
+// open decrypts in place and returns the inner plaintext (padding still on).
+func (c *aead13) open(seq uint64, hdr []byte, fragment []byte) ([]byte, error) {
+	if len(fragment) < c.aead.Overhead() {
+		return nil, errRecordAuth
+	}
+	c.setNonce(seq)
+	pt, err := c.aead.Open(fragment[:0], c.nonce[:], fragment, hdr)
+	if err != nil {
+		return nil, errRecordAuth
+	}
+	return pt, nil
+}
+
+// newCipher13 derives the key and IV of a traffic secret (RFC 8446 §7.3) and builds the
+// record protection.
+func newCipher13(s *suite, secret []byte) (*aead13, error) {
+	key := expandLabel(secret, "key", nil, s.keyLen)
+	iv := expandLabel(secret, "iv", nil, 12)
+	defer clear(key)
+	var a cipher.AEAD
+	var err error
+	switch s.prot {
+	case protChaCha:
+		a, err = chacha20poly1305.New(key)
+	case protGCM, protCCM, protCCM8:
+		var block cipher.Block
+		if block, err = aes.NewCipher(key); err != nil {
+			return nil, err
+		}
+		switch s.prot {
+		case protGCM:
+			a, err = cipher.NewGCM(block)
+		case protCCM:
+			a, err = ccm.NewCCM(block, 16, 12)
+		default:
+			a, err = ccm.NewCCM(block, 8, 12)
+		}
+	default:
+		err = errors.New("not a TLS 1.3 suite")
+	}
+	if err != nil {
+		return nil, err
+	}
+	c := &aead13{aead: a}
+	copy(c.iv[:], iv)
+	return c, nil
+}
