@@ -1,16 +1,12 @@
 package tlspsk
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
-		"errors"
+	"errors"
 	"hash"
-
-	"github.com/pion/dtls/v3/pkg/crypto/ccm"
-	"golang.org/x/crypto/chacha20poly1305"
 )
 
 // The TLS 1.3 key schedule (RFC 8446 §7.1). Every suite here, and every external PSK, is
@@ -163,27 +159,10 @@ func newCipher13(s *suite, secret []byte) (*aead13, error) {
 	key := expandLabel(secret, "key", nil, s.keyLen)
 	iv := expandLabel(secret, "iv", nil, 12)
 	defer clear(key)
-	var a cipher.AEAD
-	var err error
-	switch s.prot {
-	case protChaCha:
-		a, err = chacha20poly1305.New(key)
-	case protGCM, protCCM, protCCM8:
-		var block cipher.Block
-		if block, err = aes.NewCipher(key); err != nil {
-			return nil, err
-		}
-		switch s.prot {
-		case protGCM:
-			a, err = cipher.NewGCM(block)
-		case protCCM:
-			a, err = ccm.NewCCM(block, 16, 12)
-		default:
-			a, err = ccm.NewCCM(block, 8, 12)
-		}
-	default:
-		err = errors.New("not a TLS 1.3 suite")
+	if !s.tls13 {
+		return nil, errors.New("not a TLS 1.3 suite")
 	}
+	a, err := newAEAD(s.prot, key)
 	if err != nil {
 		return nil, err
 	}
