@@ -2,6 +2,8 @@ package tlspsk
 
 import (
 	"encoding/hex"
+	"net"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -80,4 +82,130 @@ func TestOpenSSLClientTLS13(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGnuTLSClientTLS13 runs `gnutls-cli --pskusername --pskkey` with TLS 1.3 priorities.
+func TestGnuTLSClientTLS13(t *testing.T) {
+	gnutls := needPeer(t, "gnutls-cli")
+	const only13 = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+ECDHE-PSK:+PSK:-CIPHER-ALL"
+	tests := []struct {
+		name     string
+		priority string
+		cfg      Config
+		key      []byte
+		want     uint16
+		reason   string
+		peerSays string
+	}{
+		{"default priorities", "NORMAL:+ECDHE-PSK:+PSK", Config{}, testKey, TLS_AES_128_GCM_SHA256, "", ""},
+		{"AES-128-GCM", only13 + ":+AES-128-GCM", Config{}, testKey, TLS_AES_128_GCM_SHA256, "", ""},
+		{"ChaCha20", only13 + ":+CHACHA20-POLY1305", Config{}, testKey, TLS_CHACHA20_POLY1305_SHA256, "", ""},
+		{"AES-128-CCM", only13 + ":+AES-128-CCM", Config{}, testKey, TLS_AES_128_CCM_SHA256, "", ""},
+		{"AES-128-CCM-8", only13 + ":+AES-128-CCM-8", Config{}, testKey, TLS_AES_128_CCM_8_SHA256, "", ""},
+		{"P-256 only (HelloRetryRequest or share)", only13 + ":+AES-128-GCM:-GROUP-ALL:+GROUP-SECP256R1", Config{}, testKey, TLS_AES_128_GCM_SHA256, "", ""},
+		{"psk_ke only, allowed", "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+PSK", Config{AllowPSKKE: true}, testKey, TLS_AES_128_GCM_SHA256, "", ""},
+		{"psk_ke only, refused", "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+PSK", Config{}, testKey, 0, ReasonPSKKERefused, "Handshake failed"},
+		{"wrong key", only13 + ":+AES-128-GCM", Config{}, otherKey, 0, ReasonDecryptError, "Decrypt error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.Lookup = testLookup
+			srv := startServer(t, &cfg, pongAfterEOF)
+			host, port, _ := net.SplitHostPort(srv.addr())
+			out, peerErr := runPeer(t, gnutls, strings.NewReader("ping\n"), "--pskusername", testIdentity,
+				"--pskkey", hex.EncodeToString(tt.key), "--priority", tt.priority, "-p", port, host)
+			r := srv.result()
+			if tt.want == 0 {
+				if peerErr == nil || r.err == nil {
+					t.Fatalf("handshake succeeded; gnutls-cli:\n%s", out)
+				}
+				if got := ReasonOf(r.err); got != tt.reason {
+					t.Errorf("server reason %q (%v), want %q", got, r.err, tt.reason)
+				}
+				if !strings.Contains(out, tt.peerSays) {
+					t.Errorf("gnutls-cli output lacks %q:\n%s", tt.peerSays, out)
+				}
+				return
+			}
+			if r.err != nil {
+				t.Fatalf("server: %v\ngnutls-cli (%v):\n%s", r.err, peerErr, out)
+			}
+			if !strings.Contains(out, "Description: (TLS1.3") {
+				t.Errorf("gnutls-cli did not negotiate TLS 1.3:\n%s", out)
+			}
+			if r.state.Version != VersionTLS13 || r.state.CipherSuite != tt.want || r.state.Identity != testIdentity {
+				t.Errorf("server state %+v, want TLS 1.3 with %s", r.state, CipherSuiteName(tt.want))
+			}
+			if string(r.data) != "ping\n" || !strings.Contains(out, "pong ping") {
+				t.Errorf("data did not make the round trip: server got %q; gnutls-cli:\n%s", r.data, out)
+			}
+		})
+	}
+}
+
+// nodeClient is a Node.js TLS 1.3 PSK client: it sends its first argument's line, prints
+// the protocol, the suite and the answer.
+const nodeClient = `
+const tls = require('tls');
+const [host, port, identity, keyHex, ciphers, line] = process.argv.slice(1);
+const s = tls.connect({
+  host, port: Number(port), minVersion: 'TLSv1.3', ciphers,
+  pskCallback: () => ({ psk: Buffer.from(keyHex, 'hex'), identity }),
+  checkServerIdentity: () => undefined,
+}, () => {
+  console.log('PROTOCOL ' + s.getProtocol() + ' ' + s.getCipher().standardName);
+  s.write(line + '\n');
+  s.end();
+});
+s.on('data', d => process.stdout.write('GOT ' + d.toString()));
+s.on('error', e => { console.log('ERROR ' + e.message); process.exit(1); });
+`
+
+// TestNodeClientTLS13 runs Node's tls.connect with pskCallback and minVersion TLSv1.3.
+func TestNodeClientTLS13(t *testing.T) {
+	node := needNode(t)
+	for _, tt := range []struct {
+		ciphers string
+		want    uint16
+		key     []byte
+		reason  string
+	}{
+		{"TLS_AES_128_GCM_SHA256", TLS_AES_128_GCM_SHA256, testKey, ""},
+		{"TLS_CHACHA20_POLY1305_SHA256", TLS_CHACHA20_POLY1305_SHA256, testKey, ""},
+		{"TLS_AES_128_CCM_SHA256", TLS_AES_128_CCM_SHA256, testKey, ""},
+		{"TLS_AES_128_GCM_SHA256", 0, otherKey, ReasonDecryptError},
+	} {
+		t.Run(tt.ciphers+"/"+map[bool]string{true: "good key", false: "wrong key"}[tt.reason == ""], func(t *testing.T) {
+			srv := startServer(t, &Config{Lookup: testLookup}, pongAfterEOF)
+			host, port, _ := net.SplitHostPort(srv.addr())
+			out, peerErr := runPeer(t, node, nil, "-e", nodeClient, host, port, testIdentity, hex.EncodeToString(tt.key), tt.ciphers, "ping")
+			r := srv.result()
+			if tt.reason != "" {
+				if peerErr == nil || ReasonOf(r.err) != tt.reason || !strings.Contains(out, "decrypt") {
+					t.Errorf("node: %v %s; server: %v, want %s", peerErr, out, r.err, tt.reason)
+				}
+				return
+			}
+			if r.err != nil || peerErr != nil {
+				t.Fatalf("server: %v; node (%v):\n%s", r.err, peerErr, out)
+			}
+			if !strings.Contains(out, "PROTOCOL TLSv1.3 "+CipherSuiteName(tt.want)) || !strings.Contains(out, "GOT pong ping") {
+				t.Errorf("node output:\n%s", out)
+			}
+			if r.state.Version != VersionTLS13 || r.state.CipherSuite != tt.want {
+				t.Errorf("server state %+v", r.state)
+			}
+		})
+	}
+}
+
+// needNode returns the node binary (Node 18 or later has TLS 1.3 PSK).
+func needNode(t testing.TB) string {
+	t.Helper()
+	p, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatalf("node is not installed; install Node.js 20 with: sudo sh -c 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs'")
+	}
+	return p
 }
