@@ -294,7 +294,9 @@ func (c *Conn) clientHandshake13() error {
 	if err != nil {
 		return c.fatal(ReasonInternal, alertInternalError, err)
 	}
-	c.in.secret, c.out.secret = apKeys.serverSecret, apKeys.clientSecret
+	c.in.secret, c.out.secret = [hashLen]byte(apKeys.serverSecret), [hashLen]byte(apKeys.clientSecret)
+	clear(apKeys.serverSecret)
+	clear(apKeys.clientSecret)
 	c.in.cipher, c.in.seq, c.in.ccsOK = apKeys.server, 0, false
 
 	verify := finishedMAC(hsKeys.clientSecret, finHash)

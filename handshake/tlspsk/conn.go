@@ -105,10 +105,10 @@ type inHalf struct {
 	err           error // sticky
 
 	// TLS 1.3.
-	ccsOK      bool   // a middlebox-compatibility ChangeCipherSpec may come (RFC 8446 §5)
-	skipEarly  bool   // refused early data may come (RFC 8446 §4.2.10)
-	earlyBytes int    // early data skipped so far
-	secret     []byte // traffic secret, for KeyUpdate
+	ccsOK      bool          // a middlebox-compatibility ChangeCipherSpec may come (RFC 8446 §5)
+	skipEarly  bool          // refused early data may come (RFC 8446 §4.2.10)
+	earlyBytes int           // early data skipped so far
+	secret     [hashLen]byte // traffic secret, for KeyUpdate; inline, no allocation
 
 	// nonblock, set by TryRead, makes fill read the socket through sock, without waiting
 	// (ErrWouldBlock). sock.Conn is set by the first TryRead.
@@ -126,8 +126,8 @@ type outHalf struct {
 	closed bool   // close_notify sent
 
 	// TLS 1.3.
-	secret  []byte // traffic secret, for KeyUpdate
-	maxFrag int    // the peer's record_size_limit less the content type; 0: 2^14
+	secret  [hashLen]byte // traffic secret, for KeyUpdate; inline, no allocation
+	maxFrag int           // the peer's record_size_limit less the content type; 0: 2^14
 }
 
 // NetConn returns the underlying connection. Writing to it or reading from it directly
@@ -291,6 +291,9 @@ func (c *Conn) readLocked(b []byte) (int, error) {
 	n := copy(b, c.in.plain)
 	c.in.plain = c.in.plain[n:]
 	if len(c.in.plain) == 0 {
+		// An empty slice still points into the buffer and would keep it alive: drop it,
+		// so an idle session holds no record buffer (the handshake's is not pooled).
+		c.in.plain = nil
 		c.in.releaseRaw()
 	}
 	return n, nil

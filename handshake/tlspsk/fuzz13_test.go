@@ -122,8 +122,8 @@ func fixedKeyConn13(s *suite, r *bytes.Reader) *Conn {
 		panic(err)
 	}
 	c := &Conn{conn: &memConn{r: r}, isClient: true, tls13: true, suite13: s}
-	c.in.cipher, c.in.secret = rc, secret
-	c.out.secret = bytes.Clone(secret)
+	c.in.cipher, c.in.secret = rc, [hashLen]byte(secret)
+	c.out.secret = [hashLen]byte(secret)
 	c.in.sawRecord, c.in.strictVersion = true, true
 	c.hsDone.Store(true)
 	return c

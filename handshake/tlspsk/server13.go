@@ -169,7 +169,9 @@ func (c *Conn) serverHandshake13(ch *clientHello, msg []byte, suites []*suite) (
 	if err != nil {
 		return c.fatal(ReasonInternal, alertInternalError, err)
 	}
-	c.in.secret, c.out.secret = apKeys.clientSecret, apKeys.serverSecret
+	c.in.secret, c.out.secret = [hashLen]byte(apKeys.clientSecret), [hashLen]byte(apKeys.serverSecret)
+	clear(apKeys.clientSecret)
+	clear(apKeys.serverSecret)
 
 	c.in.strictVersion = true
 	if err := c.writeServerFlight(shMsg, len(ch.sessionID) > 0 && !sentCCS, func() []byte {
@@ -286,13 +288,13 @@ func (c *Conn) postHandshake13() error {
 			if err := c.idleRecord(); err != nil {
 				return err
 			}
-			next := nextTrafficSecret(c.in.secret)
+			next := nextTrafficSecret(c.in.secret[:])
 			rc, err := newCipher13(c.suite13, next)
 			if err != nil {
 				return c.fatal(ReasonInternal, alertInternalError, err)
 			}
-			clear(c.in.secret)
-			c.in.secret, c.in.cipher, c.in.seq = next, rc, 0
+			c.in.secret, c.in.cipher, c.in.seq = [hashLen]byte(next), rc, 0
+			clear(next)
 			if body[0] == 1 { // update_requested: answer with our own, not requested
 				if err := c.sendKeyUpdate(false); err != nil {
 					return err
@@ -323,14 +325,14 @@ func (c *Conn) sendKeyUpdate(requested bool) error {
 	if requested {
 		req = 1
 	}
-	next := nextTrafficSecret(c.out.secret)
+	next := nextTrafficSecret(c.out.secret[:])
 	wc, err := newCipher13(c.suite13, next)
 	if err != nil {
 		return &Error{Reason: ReasonInternal, Err: err}
 	}
 	c.out.buf = c.appendRecord(c.out.buf[:0], recordTypeHandshake, appendHandshake(nil, typeKeyUpdate, []byte{req}))
-	clear(c.out.secret)
-	c.out.secret, c.out.cipher, c.out.seq = next, wc, 0
+	c.out.secret, c.out.cipher, c.out.seq = [hashLen]byte(next), wc, 0
+	clear(next)
 	err = c.flushLocked()
 	c.out.buf = nil // an idle session holds no buffer
 	return err
