@@ -47,7 +47,7 @@ type State struct {
 	// HandshakeComplete is true once the handshake succeeded; the other fields are only
 	// meaningful then.
 	HandshakeComplete bool
-	// Version is always VersionTLS12.
+	// Version is VersionTLS13 or VersionTLS12.
 	Version uint16
 	// CipherSuite is the negotiated suite (see CipherSuiteName).
 	CipherSuite uint16
@@ -55,7 +55,7 @@ type State struct {
 	Identity string
 	// ServerName is the SNI host name the client sent, if it was a plausible DNS name.
 	ServerName string
-	// ExtendedMasterSecret reports that RFC 7627 was negotiated.
+	// ExtendedMasterSecret reports that RFC 7627 was negotiated (TLS 1.2 only).
 	ExtendedMasterSecret bool
 	// EncryptThenMAC reports that RFC 7366 was negotiated (CBC suites only).
 	EncryptThenMAC bool
@@ -63,7 +63,7 @@ type State struct {
 	Hint string
 }
 
-// Conn is a TLS 1.2 PSK connection over a net.Conn. Read and Write may be called from
+// Conn is a TLS 1.3 or TLS 1.2 PSK connection over a net.Conn. Read and Write may be called from
 // different goroutines; Close may be called at any time.
 type Conn struct {
 	conn     net.Conn
