@@ -35,6 +35,10 @@ const (
 // pick the limit for an external PSK; no client of this package is told any other).
 const maxEarlyData = 1 << 14
 
+// maxRecordsPerKey is how many records a TLS 1.3 Conn writes under one key before it sends
+// a KeyUpdate (RFC 8446 §5.5 sets 2^24.5 full-size records for AES-GCM).
+const maxRecordsPerKey = 1 << 24
+
 // maxIdleRecords bounds how many records in a row may carry nothing for the caller (empty
 // application data, ignored warnings) before the peer is considered abusive.
 const maxIdleRecords = 16
@@ -63,8 +67,8 @@ type State struct {
 	Hint string
 }
 
-// Conn is a TLS 1.3 or TLS 1.2 PSK connection over a net.Conn. Read and Write may be called from
-// different goroutines; Close may be called at any time.
+// Conn is a TLS 1.3 or TLS 1.2 PSK connection over a net.Conn. Read and Write may be
+// called from different goroutines; Close may be called at any time.
 type Conn struct {
 	conn     net.Conn
 	isClient bool
@@ -825,6 +829,12 @@ func (c *Conn) Write(b []byte) (int, error) {
 		if c.out.seq == math.MaxUint64 {
 			c.out.err = &Error{Reason: ReasonInternal, Err: errSeqExhausted}
 			return written, c.out.err
+		}
+		if c.tls13 && c.out.seq >= maxRecordsPerKey {
+			// RFC 8446 §5.5: change keys long before AES-GCM's limit of 2^24.5 records.
+			if err := c.keyUpdateLocked(false); err != nil {
+				return written, err
+			}
 		}
 		n := min(len(b), c.maxFragment())
 		c.out.buf = c.appendRecord(c.out.buf[:0], recordTypeApplicationData, b[:n])

@@ -105,8 +105,8 @@ func (ch *clientHello) parseExtension13(typ uint16, data cryptobyte.String) erro
 		for !ids.Empty() {
 			var id pskIdentity
 			var name cryptobyte.String
-			if !ids.ReadUint16LengthPrefixed(&name) || name.Empty() || !ids.ReadUint32(&id.age) ||
-				len(ch.pskIdentities) == maxPSKIdentities {
+			if !ids.ReadUint16LengthPrefixed(&name) || name.Empty() || len(name) > maxIdentityLen ||
+				!ids.ReadUint32(&id.age) || len(ch.pskIdentities) == maxPSKIdentities {
 				return bad("pre_shared_key")
 			}
 			id.identity = name

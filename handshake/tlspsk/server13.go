@@ -97,6 +97,7 @@ func (c *Conn) serverHandshake13(ch *clientHello, msg []byte, suites []*suite) (
 			return c.fatal(ReasonNoSharedGroup, alertIllegalParameter, fmt.Errorf("the second ClientHello has no single key share for group %d, which the HelloRetryRequest asked for", group))
 		}
 		ch = ch2
+		c.in.skipEarly = false // early data comes before the second ClientHello only
 	}
 
 	// The binder (RFC 8446 §4.2.11.2) proves the client holds the key, before anything
@@ -232,9 +233,6 @@ func (c *Conn) selectKeyExchange(ch *clientHello) (dhe bool, group uint16, retry
 // identity goes on with a random key, so the binder fails exactly as for a wrong key.
 func (c *Conn) choosePSK(ch *clientHello) (idx int, key []byte, known bool, err error) {
 	for i, id := range ch.pskIdentities {
-		if len(id.identity) > maxIdentityLen {
-			continue
-		}
 		if k, ok := c.cfg.Lookup(string(id.identity)); ok {
 			if err := validKey(k); err != nil {
 				return 0, nil, false, c.fatal(ReasonInternal, alertInternalError, err)
@@ -318,6 +316,13 @@ func (c *Conn) postHandshake13() error {
 func (c *Conn) sendKeyUpdate(requested bool) error {
 	c.out.mu.Lock()
 	defer c.out.mu.Unlock()
+	err := c.keyUpdateLocked(requested)
+	c.out.buf = nil // an idle session holds no buffer
+	return err
+}
+
+// keyUpdateLocked is sendKeyUpdate with out.mu held.
+func (c *Conn) keyUpdateLocked(requested bool) error {
 	if c.out.err != nil {
 		return c.out.err
 	}
@@ -333,7 +338,5 @@ func (c *Conn) sendKeyUpdate(requested bool) error {
 	c.out.buf = c.appendRecord(c.out.buf[:0], recordTypeHandshake, appendHandshake(nil, typeKeyUpdate, []byte{req}))
 	c.out.secret, c.out.cipher, c.out.seq = [hashLen]byte(next), wc, 0
 	clear(next)
-	err = c.flushLocked()
-	c.out.buf = nil // an idle session holds no buffer
-	return err
+	return c.flushLocked()
 }

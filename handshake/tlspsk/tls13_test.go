@@ -222,3 +222,28 @@ func (c *ccsAfterHello) Write(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// TestTLS13AutomaticKeyUpdate: a writer near its key's record limit sends a KeyUpdate
+// first (RFC 8446 §5.5), and the reader follows it.
+func TestTLS13AutomaticKeyUpdate(t *testing.T) {
+	s := tls13Suites[0]
+	var wire bytes.Buffer
+	w := fixedKeyConn13(s, nil)
+	w.conn = &memConn{}
+	w.out.cipher, _ = newCipher13(s, w.out.secret[:])
+	w.out.seq = maxRecordsPerKey - 1
+	data := bytes.Repeat([]byte("x"), 3*maxPlaintext)
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	wire.Write(w.conn.(*memConn).w.Bytes())
+	r := fixedKeyConn13(s, bytes.NewReader(wire.Bytes()))
+	r.in.seq = maxRecordsPerKey - 1
+	got, err := io.ReadAll(io.LimitReader(r, int64(len(data))))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v", len(got), err)
+	}
+	if w.out.seq >= maxRecordsPerKey || r.in.seq != w.out.seq {
+		t.Errorf("writer at record %d, reader at %d: no key change", w.out.seq, r.in.seq)
+	}
+}
