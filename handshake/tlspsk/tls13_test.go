@@ -247,3 +247,74 @@ func TestTLS13AutomaticKeyUpdate(t *testing.T) {
 		t.Errorf("writer at record %d, reader at %d: no key change", w.out.seq, r.in.seq)
 	}
 }
+
+// TestTLS13RecordLayer sends records a well-behaved client never would, after the
+// handshake: padding is stripped, what is not allowed ends the session with its alert
+// (RFC 8446 §5.2, §5.4).
+func TestTLS13RecordLayer(t *testing.T) {
+	// sealed builds one protected record with the given inner plaintext.
+	sealed := func(c *Conn, inner []byte) []byte {
+		c.out.mu.Lock()
+		defer c.out.mu.Unlock()
+		n := len(inner) + c.out.cipher.overhead() - 1
+		rec := []byte{recordTypeApplicationData, 3, 3, byte(n >> 8), byte(n)}
+		rec = c.out.cipher.seal(rec, c.out.seq, rec[:recordHeaderLen], inner)
+		c.out.seq++
+		return rec
+	}
+	tests := []struct {
+		name   string
+		build  func(c *Conn) []byte
+		echo   string // what comes back when the record is accepted
+		reason string
+		alert  uint8
+	}{
+		{"padded application data", func(c *Conn) []byte {
+			return sealed(c, append([]byte("padded"), append([]byte{recordTypeApplicationData}, make([]byte, 100)...)...))
+		}, "padded", "", 0},
+		{"all padding, no content type", func(c *Conn) []byte { return sealed(c, make([]byte, 20)) }, "", ReasonUnexpectedMessage, alertUnexpectedMessage},
+		{"protected ChangeCipherSpec", func(c *Conn) []byte { return sealed(c, []byte{1, recordTypeChangeCipherSpec}) }, "", ReasonUnexpectedMessage, alertUnexpectedMessage},
+		{"unknown inner content type", func(c *Conn) []byte { return sealed(c, []byte{1, 99}) }, "", ReasonUnexpectedMessage, alertUnexpectedMessage},
+		{"inner plaintext over 2^14+1", func(c *Conn) []byte {
+			return sealed(c, append(make([]byte, maxPlaintext+1), recordTypeApplicationData))
+		}, "", ReasonRecordOverflow, alertRecordOverflow},
+		{"plaintext handshake record after the handshake", func(c *Conn) []byte {
+			return record(recordTypeHandshake, VersionTLS12, appendHandshake(nil, typeKeyUpdate, []byte{0}))
+		}, "", ReasonUnexpectedMessage, alertUnexpectedMessage},
+		{"ClientHello after the handshake", func(c *Conn) []byte {
+			return sealed(c, append(marshalClientHello(baseHello()), recordTypeHandshake))
+		}, "", ReasonUnexpectedMessage, alertUnexpectedMessage},
+		{"KeyUpdate with a bad value", func(c *Conn) []byte {
+			return sealed(c, append(appendHandshake(nil, typeKeyUpdate, []byte{2}), recordTypeHandshake))
+		}, "", ReasonMalformedHandshake, alertDecodeError},
+		{"warning alert other than close_notify", func(c *Conn) []byte {
+			return sealed(c, []byte{alertLevelWarning, alertUnsupportedExtension, recordTypeAlert})
+		}, "", AlertName(alertUnsupportedExtension), alertUnsupportedExtension}, // fatal in TLS 1.3 (§6)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := startServer(t, &Config{Lookup: testLookup}, echoHandler)
+			c, err := dialClient(t, srv.addr(), client13(tls13ClientKnobs{}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.conn.Write(tt.build(c))
+			if tt.reason == "" {
+				got := make([]byte, len(tt.echo))
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != tt.echo {
+					t.Fatalf("echo %q, %v", got, err)
+				}
+				c.CloseWrite()
+				io.ReadAll(c)
+				if r := srv.result(); r.err != nil {
+					t.Fatal(r.err)
+				}
+				return
+			}
+			r := srv.result()
+			if se := asError(t, r.err); se.Reason != tt.reason || se.Alert != tt.alert {
+				t.Errorf("server: %+v, want %s with alert %s", se, tt.reason, AlertName(tt.alert))
+			}
+		})
+	}
+}
