@@ -1,7 +1,10 @@
 package tlspsk
 
 import (
+	"bufio"
+	"context"
 	"encoding/hex"
+	"io"
 	"net"
 	"os/exec"
 	"regexp"
@@ -208,4 +211,38 @@ func needNode(t testing.TB) string {
 		t.Fatalf("node is not installed; install Node.js 20 with: sudo sh -c 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs'")
 	}
 	return p
+}
+
+// TestOpenSSLServerTLS13 runs the package's TLS 1.3 client against `openssl s_server -psk
+// -rev`, for every TLS 1.3 suite and both groups: the client used by the tests and the
+// load tool agrees with an independent server.
+func TestOpenSSLServerTLS13(t *testing.T) {
+	openssl := needPeer(t, "openssl")
+	for _, s := range tls13Suites {
+		for _, g := range tls13Groups {
+			t.Run(s.name+"/"+groupName(g), func(t *testing.T) {
+				port := startPeerServer(t, "ACCEPT", func(ctx context.Context, port string) *exec.Cmd {
+					return exec.CommandContext(ctx, openssl, "s_server", "-accept", "127.0.0.1:"+port, "-nocert",
+						"-psk", hex.EncodeToString(testKey), "-psk_identity", testIdentity, "-rev", "-naccept", "1",
+						"-tls1_3", "-ciphersuites", s.name)
+				})
+				cfg := client13(tls13ClientKnobs{})
+				cfg.Suites, cfg.groups = []uint16{s.id}, []uint16{g}
+				c, err := dialClient(t, net.JoinHostPort("127.0.0.1", port), cfg)
+				if err != nil {
+					t.Fatalf("handshake with s_server: %v", err)
+				}
+				if _, err := io.WriteString(c, "hello, openssl\n"); err != nil {
+					t.Fatal(err)
+				}
+				line, err := bufio.NewReader(c).ReadString('\n')
+				if err != nil || line != "lssnepo ,olleh\n" {
+					t.Fatalf("s_server answered %q, %v", line, err)
+				}
+				if st := c.ConnectionState(); st.Version != VersionTLS13 || st.CipherSuite != s.id {
+					t.Errorf("state %+v", st)
+				}
+			})
+		}
+	}
 }

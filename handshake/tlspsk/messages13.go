@@ -254,6 +254,7 @@ func parseEncryptedExtensions(body []byte, offeredLimit bool) (uint16, error) {
 				return 0, fmt.Errorf("%w record_size_limit", errMalformed)
 			}
 		case typ == extServerName && data.Empty():
+		case typ == extSupportedGroups: // the server's preferences, for later (RFC 8446 §4.2.7)
 		default:
 			return 0, errUnsolicitedExtension{typ}
 		}
