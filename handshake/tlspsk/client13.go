@@ -72,7 +72,7 @@ func (c *Conn) clientHandshake13() error {
 		modes = []uint8{pskModeDHEKE}
 	}
 	shareGroups := k.shareGroups
-	if shareGroups == nil && len(ch.groups) > 0 {
+	if shareGroups == nil && len(ch.groups) > 0 && slices.Contains(modes, pskModeDHEKE) {
 		shareGroups = ch.groups[:1]
 	}
 	type share struct {

@@ -22,8 +22,8 @@
 // AES-CCM and CCM-8 (RFC 6655), plus AES-CBC with HMAC-SHA256 only when the client offers
 // encrypt_then_mac (RFC 7366), so the MAC covers the ciphertext and is checked before any
 // padding is looked at. Config.MinVersion and MaxVersion bound the versions. The TLS 1.2
-// key schedule comes from pion/dtls's pkg/crypto/prf, the TLS 1.3 one from crypto/hkdf,
-// CCM from pion/dtls's pkg/crypto/ccm.
+// key schedule comes from pion/dtls's pkg/crypto/prf, the TLS 1.3 one is HKDF (RFC 5869)
+// over crypto/hmac, and CCM comes from pion/dtls's pkg/crypto/ccm.
 //
 // Refused, each with an *Error whose Reason is stable: TLS 1.0/1.1 (protocol_version),
 // MAC-then-encrypt CBC (cbc_without_etm: Lucky13-style padding oracles), compression,

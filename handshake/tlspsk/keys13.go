@@ -2,7 +2,6 @@ package tlspsk
 
 import (
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
 	"errors"
@@ -17,29 +16,32 @@ const hashLen = sha256.Size
 
 var zeroHash [hashLen]byte
 
-// expandLabel is HKDF-Expand-Label (RFC 8446 §7.1).
+// expandLabel is HKDF-Expand-Label (RFC 8446 §7.1). Every length asked for is at most one
+// SHA-256 block, so HKDF-Expand (RFC 5869 §2.3) is the single block
+// T(1) = HMAC-Hash(PRK, info || 0x01), written out here: crypto/hkdf's general loop costs
+// twice as much per call, and a handshake makes about twenty of them.
 func expandLabel(secret []byte, label string, context []byte, length int) []byte {
-	info := make([]byte, 0, 2+1+6+len(label)+1+len(context))
+	if length > hashLen {
+		panic("tlspsk: HKDF-Expand-Label longer than one block")
+	}
+	var buf [2 + 1 + 6 + 32 + 1 + hashLen + 1]byte
+	info := buf[:0]
 	info = appendU16(info, uint16(length))
 	info = append(info, byte(6+len(label)))
 	info = append(info, "tls13 "...)
 	info = append(info, label...)
 	info = appendU8Bytes(info, context)
-	out, err := hkdf.Expand(sha256.New, secret, string(info), length)
-	if err != nil {
-		// Only for lengths over 255*32, which no caller asks for.
-		panic("tlspsk: HKDF-Expand-Label: " + err.Error())
-	}
-	return out
+	info = append(info, 1)
+	m := hmac.New(sha256.New, secret)
+	m.Write(info)
+	return m.Sum(nil)[:length]
 }
 
-// extract is HKDF-Extract with SHA-256.
+// extract is HKDF-Extract with SHA-256 (RFC 5869 §2.2): HMAC-Hash(salt, IKM).
 func extract(ikm, salt []byte) []byte {
-	out, err := hkdf.Extract(sha256.New, ikm, salt)
-	if err != nil {
-		panic("tlspsk: HKDF-Extract: " + err.Error())
-	}
-	return out
+	m := hmac.New(sha256.New, salt)
+	m.Write(ikm)
+	return m.Sum(nil)
 }
 
 // deriveSecret is Derive-Secret(secret, label, transcript hash) (RFC 8446 §7.1).
