@@ -11,21 +11,46 @@ import (
 	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
 
-// PSKServer performs TLS 1.2 PSK handshakes (see package tlspsk) against a PSKStore.
+// PSKServer performs TLS-PSK handshakes (TLS 1.2 and TLS 1.3 external PSKs, see package
+// tlspsk) against a PSKStore.
 type PSKServer struct {
 	store *PSKStore
 	cfg   tlspsk.Config
 }
 
+// PSKOptions are a PSK listener's settings beyond its store. The zero value is the
+// default: no hint, TLS 1.2 and 1.3, psk_dhe_ke only, unknown identities answered like a
+// wrong key.
+type PSKOptions struct {
+	// Hint is the TLS 1.2 PSK identity hint ("" for none).
+	Hint string
+	// MinVersion and MaxVersion bound the versions (tlspsk.VersionTLS12 or VersionTLS13);
+	// 0 means TLS 1.2 and TLS 1.3 respectively.
+	MinVersion, MaxVersion uint16
+	// AllowPSKKE accepts TLS 1.3 clients that offer only psk_ke (no forward secrecy).
+	AllowPSKKE bool
+	// RevealUnknownIdentity sends the explicit unknown_psk_identity alert instead of the
+	// wrong key's decrypt_error; for debugging only (it lets clients enumerate identities).
+	RevealUnknownIdentity bool
+}
+
 // NewPSKServer returns a server that looks identities up in store and sends hint as the
-// PSK identity hint ("" for none).
+// PSK identity hint ("" for none), with the default PSKOptions otherwise.
 func NewPSKServer(store *PSKStore, hint string) (*PSKServer, error) {
+	return NewPSKServerWithOptions(store, PSKOptions{Hint: hint})
+}
+
+// NewPSKServerWithOptions returns a server that looks identities up in store.
+func NewPSKServerWithOptions(store *PSKStore, o PSKOptions) (*PSKServer, error) {
 	if store == nil {
 		return nil, errors.New("a PSK store is required")
 	}
-	s := &PSKServer{store: store, cfg: tlspsk.Config{Lookup: store.Lookup, Hint: hint}}
+	s := &PSKServer{store: store, cfg: tlspsk.Config{
+		Lookup: store.Lookup, Hint: o.Hint, MinVersion: o.MinVersion, MaxVersion: o.MaxVersion,
+		AllowPSKKE: o.AllowPSKKE, RevealUnknownIdentity: o.RevealUnknownIdentity,
+	}}
 	if err := s.cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("PSK identity hint: %w", err)
+		return nil, fmt.Errorf("PSK listener settings (identity hint, versions): %w", err)
 	}
 	return s, nil
 }
@@ -72,9 +97,13 @@ func classifyPSK(err error) error {
 }
 
 // Mixed serves certificates and PSK on one listener. It reads the first TLS record (the
-// ClientHello) itself and routes on it: a hello that offers a PSK suite the PSK server
-// accepts goes there, any other to crypto/tls. Either way the bytes it read are replayed,
-// so the chosen server sees the connection from its first byte.
+// ClientHello) itself and routes on it with tlspsk.OffersPSK: a TLS 1.3 hello whose
+// pre_shared_key holds external identities (obfuscated_ticket_age 0) goes to the PSK
+// server, one holding a crypto/tls session ticket (a certificate client resuming: its age
+// is never 0 in practice) goes to crypto/tls, and without a pre_shared_key a hello that
+// offers a TLS 1.2 PSK suite the PSK server accepts goes there, any other to crypto/tls.
+// Either way the bytes it read are replayed, so the chosen server sees the connection
+// from its first byte.
 type Mixed struct {
 	TLS *TLSServer
 	PSK *PSKServer

@@ -472,7 +472,9 @@ measure() {
 	run "$t" conns-mtls "$pids" conns "${MTLS[@]}" --n "$CONNS_N" --c "$CONNS_C"
 	run "$t" conns-resume "$pids" conns "${MTLS[@]}" --n "$CONNS_N" --c "$CONNS_C" --resume
 	case $t in mqtls | stunnel | mosquitto)
-		run "$t" conns-psk "$pids" conns --mode psk --addr "127.0.0.1:$P_PSK" "${PSK[@]}" --n "$PSK_N" --c "$CONNS_C" ;;
+		run "$t" conns-psk "$pids" conns --mode psk --addr "127.0.0.1:$P_PSK" "${PSK[@]}" --n "$PSK_N" --c "$CONNS_C"
+		# TLS 1.3 external PSK, psk_dhe_ke with X25519 (stunnel and Mosquitto through OpenSSL).
+		run "$t" conns-psk13 "$pids" conns --mode psk --addr "127.0.0.1:$P_PSK" "${PSK[@]}" --psk-suite TLS_AES_128_GCM_SHA256 --n "$PSK_N" --c "$CONNS_C" ;;
 	esac
 	[[ $t == mqtls ]] &&
 		run "$t" conns-dtls "$pids" conns --mode dtls-psk --addr "127.0.0.1:$P_DTLS" "${PSK[@]}" --n "$DTLS_N" --c "$CONNS_C"
@@ -538,7 +540,7 @@ jq -cn \
 	--argjson hold_small "$HOLD_SMALL" --argjson hold_large "$HOLD_LARGE" \
 	--arg method "$(
 		cat <<EOF
-- **Sessions/s, CPU µs/session**: \`mqtls-bench conns\`, $CONNS_N sessions, $CONNS_C being opened at once, each from one of 127.0.0.2–254 round-robin: TCP connect, handshake, MQTT 3.1.1 CONNECT, CONNACK from the broker, DISCONNECT, close. CPU is the target's CPU time over the run (all its processes and threads: per-thread schedstat to the nanosecond, or utime+stime from /proc/PID/stat when threads ended meanwhile) ÷ sessions, so it covers the handshake, the upstream dial, the CONNECT and the close. The load tool shares CPU 0 with the broker and is often the limit of the rate; the CPU column is the target's own cost. TLS-PSK: $PSK_N sessions; DTLS-PSK: $DTLS_N.
+- **Sessions/s, CPU µs/session**: \`mqtls-bench conns\`, $CONNS_N sessions, $CONNS_C being opened at once, each from one of 127.0.0.2–254 round-robin: TCP connect, handshake, MQTT 3.1.1 CONNECT, CONNACK from the broker, DISCONNECT, close. CPU is the target's CPU time over the run (all its processes and threads: per-thread schedstat to the nanosecond, or utime+stime from /proc/PID/stat when threads ended meanwhile) ÷ sessions, so it covers the handshake, the upstream dial, the CONNECT and the close. The load tool shares CPU 0 with the broker and is often the limit of the rate; the CPU column is the target's own cost. TLS-PSK: $PSK_N sessions, TLS 1.2 with TLS_PSK_WITH_AES_128_GCM_SHA256 (conns-psk) and TLS 1.3 external PSK with TLS_AES_128_GCM_SHA256 and X25519 (conns-psk13); DTLS-PSK: $DTLS_N.
 - **Resumed sessions**: the same, with \`--resume\`: each session offers the TLS 1.3 ticket the session before it received (one client-side ticket cache for the run), with X25519 (PSK with (EC)DHE, the only resumption Go's client offers). The result line counts the sessions that resumed; a target that resumed fewer than 90% has no figure.
 - **RSS KiB/idle session**: a freshly started target, then \`conns --hold $HOLD_FOR\` opens N mutual-TLS sessions and leaves them idle; (VmRSS at the last sample − VmRSS before) ÷ N. For Mosquitto it includes the broker's own per-client state. mqtls gives the memory a burst of handshakes used back to the OS once none has run for 2 s (\`--memory-release-after\`, on by default), which the hold includes; the others keep what their allocator holds. PSS (smaps_rollup) is in the result lines too.
 - **QoS 0 / QoS 1 CPU µs/msg**: \`mqtls-bench pub\`, $PUBLISHERS publishers and $SUBSCRIBERS subscriber, all through the target, $PAYLOAD-byte payloads written $BATCH per write, QoS 0: $PUB0_MSGS, QoS 1: $PUB1_MSGS messages per publisher; the subscriber must receive every message (a run that lost any does not count). Target CPU ÷ (messages in + deliveries out).

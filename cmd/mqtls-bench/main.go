@@ -104,7 +104,7 @@ func clientFlags() []cli.Flag {
 		&cli.StringFlag{Name: "curve", Value: "x25519", Usage: "the one key exchange group offered: x25519, p256 or x25519mlkem768"},
 		&cli.StringFlag{Name: "psk-identity", Usage: "PSK identity (psk, dtls-psk)"},
 		&cli.StringFlag{Name: "psk-key", Usage: "PSK key in hex (psk, dtls-psk)"},
-		&cli.StringFlag{Name: "psk-suite", Value: "TLS_PSK_WITH_AES_128_GCM_SHA256", Usage: "the one TLS-PSK suite offered"},
+		&cli.StringFlag{Name: "psk-suite", Value: "TLS_PSK_WITH_AES_128_GCM_SHA256", Usage: "the one TLS-PSK suite offered; a TLS 1.3 suite (TLS_AES_128_GCM_SHA256, TLS_CHACHA20_POLY1305_SHA256, TLS_AES_128_CCM_SHA256, TLS_AES_128_CCM_8_SHA256) makes it a TLS 1.3 external-PSK handshake (psk_dhe_ke, X25519)"},
 		&cli.StringFlag{Name: "dtls-suite", Value: "TLS_PSK_WITH_AES_128_CCM_8", Usage: "the one DTLS-PSK suite offered"},
 		&cli.StringFlag{Name: "source-ips", Value: "127.0.0.2-127.0.0.254", Usage: "local addresses to bind, round-robin (`A-B`, one address, or none)"},
 		&cli.DurationFlag{Name: "op-timeout", Value: 10 * time.Second, Usage: "bound on one dial, handshake or packet exchange"},

@@ -296,26 +296,28 @@ func (r results) span(label string, c column) (float64, float64) {
 const brokerTarget = "mosquitto"
 
 var (
-	colMTLSRate = column{title: "mTLS sessions/s", tag: "conns-mtls", path: "per_s", decimals: 0}
-	colMTLSCPU  = column{title: "CPU µs/mTLS session", tag: "conns-mtls", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
-	colResRate  = column{title: "resumed mTLS sessions/s", tag: "conns-resume", path: "per_s", decimals: 0}
-	colResCPU   = column{title: "CPU µs/resumed mTLS session", tag: "conns-resume", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
-	colHoldS    = column{title: "RSS KiB/idle session (small)", tag: "hold-small", path: "hold.rss_kib_per_session", lower: true, decimals: 1}
-	colHoldL    = column{title: "RSS KiB/idle session (large)", tag: "hold-large", path: "hold.rss_kib_per_session", lower: true, decimals: 1}
-	colQoS0     = column{title: "QoS 0 CPU µs/msg", tag: "pub-qos0", path: "target_cpu_us_per_msg", lower: true, decimals: 2}
-	colQoS1     = column{title: "QoS 1 CPU µs/msg", tag: "pub-qos1", path: "target_cpu_us_per_msg", lower: true, decimals: 2}
-	colPing50   = column{title: "p50 added µs, CPU 1", tag: "ping", path: "rtt_us.p50", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
-	colPing99   = column{title: "p99 added µs, CPU 1", tag: "ping", path: "rtt_us.p99", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
-	colSame50   = column{title: "p50 added µs, same CPU", tag: "ping-cpu0", path: "rtt_us.p50", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
-	colSame99   = column{title: "p99 added µs, same CPU", tag: "ping-cpu0", path: "rtt_us.p99", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
-	colBusy50   = column{title: "p50 added µs, busy polling", tag: "ping-busy", path: "rtt_us.p50", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
-	colBusy99   = column{title: "p99 added µs, busy polling", tag: "ping-busy", path: "rtt_us.p99", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
-	colBulkMB   = column{title: "bulk MB/s", tag: "bulk", path: "mb_per_s", decimals: 0}
-	colBulkCPU  = column{title: "bulk CPU s/GB", tag: "bulk", path: "target_cpu_s_per_gb", lower: true, decimals: 2}
-	colPSKRate  = column{title: "TLS-PSK sessions/s", tag: "conns-psk", path: "per_s", decimals: 0}
-	colPSKCPU   = column{title: "CPU µs/TLS-PSK session", tag: "conns-psk", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
-	colDTLSRate = column{title: "DTLS-PSK sessions/s", tag: "conns-dtls", path: "per_s", decimals: 0}
-	colDTLSCPU  = column{title: "CPU µs/DTLS-PSK session", tag: "conns-dtls", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
+	colMTLSRate  = column{title: "mTLS sessions/s", tag: "conns-mtls", path: "per_s", decimals: 0}
+	colMTLSCPU   = column{title: "CPU µs/mTLS session", tag: "conns-mtls", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
+	colResRate   = column{title: "resumed mTLS sessions/s", tag: "conns-resume", path: "per_s", decimals: 0}
+	colResCPU    = column{title: "CPU µs/resumed mTLS session", tag: "conns-resume", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
+	colHoldS     = column{title: "RSS KiB/idle session (small)", tag: "hold-small", path: "hold.rss_kib_per_session", lower: true, decimals: 1}
+	colHoldL     = column{title: "RSS KiB/idle session (large)", tag: "hold-large", path: "hold.rss_kib_per_session", lower: true, decimals: 1}
+	colQoS0      = column{title: "QoS 0 CPU µs/msg", tag: "pub-qos0", path: "target_cpu_us_per_msg", lower: true, decimals: 2}
+	colQoS1      = column{title: "QoS 1 CPU µs/msg", tag: "pub-qos1", path: "target_cpu_us_per_msg", lower: true, decimals: 2}
+	colPing50    = column{title: "p50 added µs, CPU 1", tag: "ping", path: "rtt_us.p50", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
+	colPing99    = column{title: "p99 added µs, CPU 1", tag: "ping", path: "rtt_us.p99", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
+	colSame50    = column{title: "p50 added µs, same CPU", tag: "ping-cpu0", path: "rtt_us.p50", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
+	colSame99    = column{title: "p99 added µs, same CPU", tag: "ping-cpu0", path: "rtt_us.p99", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
+	colBusy50    = column{title: "p50 added µs, busy polling", tag: "ping-busy", path: "rtt_us.p50", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
+	colBusy99    = column{title: "p99 added µs, busy polling", tag: "ping-busy", path: "rtt_us.p99", lower: true, decimals: 0, minusDirect: true, directTag: "ping"}
+	colBulkMB    = column{title: "bulk MB/s", tag: "bulk", path: "mb_per_s", decimals: 0}
+	colBulkCPU   = column{title: "bulk CPU s/GB", tag: "bulk", path: "target_cpu_s_per_gb", lower: true, decimals: 2}
+	colPSKRate   = column{title: "TLS-PSK sessions/s", tag: "conns-psk", path: "per_s", decimals: 0}
+	colPSKCPU    = column{title: "CPU µs/TLS-PSK session", tag: "conns-psk", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
+	colPSK13Rate = column{title: "TLS 1.3 PSK sessions/s", tag: "conns-psk13", path: "per_s", decimals: 0}
+	colPSK13CPU  = column{title: "CPU µs/TLS 1.3 PSK session", tag: "conns-psk13", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
+	colDTLSRate  = column{title: "DTLS-PSK sessions/s", tag: "conns-dtls", path: "per_s", decimals: 0}
+	colDTLSCPU   = column{title: "CPU µs/DTLS-PSK session", tag: "conns-dtls", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
 )
 
 func buildReport(lines []map[string]any) (string, error) {
@@ -398,16 +400,17 @@ func buildReport(lines []map[string]any) (string, error) {
 	}
 
 	b.WriteString("\n## Pre-shared keys\n\n")
-	b.WriteString("TLS 1.2 `TLS_PSK_WITH_AES_128_GCM_SHA256`; DTLS 1.2 `TLS_PSK_WITH_AES_128_CCM_8` with cookie exchange and connection IDs (mqtls only: no peer here speaks DTLS). \"per core\" is 10⁶ ÷ the target's CPU µs per session: the rate one core of the target could sustain if the load tool were not the limit.\n\n")
+	b.WriteString("TLS 1.2 `TLS_PSK_WITH_AES_128_GCM_SHA256`; TLS 1.3 external PSK `TLS_AES_128_GCM_SHA256` with psk_dhe_ke over X25519; DTLS 1.2 `TLS_PSK_WITH_AES_128_CCM_8` with cookie exchange and connection IDs (mqtls only: no peer here speaks DTLS). \"per core\" is 10⁶ ÷ the target's CPU µs per session: the rate one core of the target could sustain if the load tool were not the limit.\n\n")
 	pskPerCore := column{title: "TLS-PSK per core", tag: "conns-psk", path: "target_cpu_us_per_conn", decimals: 0}
 	dtlsPerCore := column{title: "DTLS-PSK per core", tag: "conns-dtls", path: "target_cpu_us_per_conn", decimals: 0}
 	var pskTargets []string
 	for _, t := range targets {
-		if len(r.values(t, "conns-psk", "per_s")) > 0 || len(r.values(t, "conns-dtls", "per_s")) > 0 {
+		if len(r.values(t, "conns-psk", "per_s")) > 0 || len(r.values(t, "conns-psk13", "per_s")) > 0 || len(r.values(t, "conns-dtls", "per_s")) > 0 {
 			pskTargets = append(pskTargets, t)
 		}
 	}
-	b.WriteString("| target | TLS-PSK sessions/s | CPU µs/TLS-PSK session | TLS-PSK per core | DTLS-PSK sessions/s | CPU µs/DTLS-PSK session | DTLS-PSK per core |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	psk13PerCore := column{title: "TLS 1.3 PSK per core", tag: "conns-psk13", path: "target_cpu_us_per_conn", decimals: 0}
+	b.WriteString("| target | TLS-PSK sessions/s | CPU µs/TLS-PSK session | TLS-PSK per core | TLS 1.3 PSK sessions/s | CPU µs/TLS 1.3 PSK session | TLS 1.3 PSK per core | DTLS-PSK sessions/s | CPU µs/DTLS-PSK session | DTLS-PSK per core |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	perCore := func(t string, c column) float64 {
 		v := r.median(t, c)
 		if math.IsNaN(v) || v <= 0 {
@@ -420,8 +423,9 @@ func buildReport(lines []map[string]any) (string, error) {
 		if name == "" {
 			name = t
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", name,
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name,
 			fmtNum(r.median(t, colPSKRate), 0), fmtNum(r.median(t, colPSKCPU), 0), fmtNum(perCore(t, pskPerCore), 0),
+			fmtNum(r.median(t, colPSK13Rate), 0), fmtNum(r.median(t, colPSK13CPU), 0), fmtNum(perCore(t, psk13PerCore), 0),
 			fmtNum(r.median(t, colDTLSRate), 0), fmtNum(r.median(t, colDTLSCPU), 0), fmtNum(perCore(t, dtlsPerCore), 0))
 	}
 
@@ -495,6 +499,12 @@ func buildReport(lines []map[string]any) (string, error) {
 			ps = fmtNumAuto(sc) + " (stunnel)"
 		}
 		goal("TLS-PSK sessions/s per target core ≥ 2× stunnel's", vc, ps, vc >= 2*sc, !math.IsNaN(vc) && !math.IsNaN(sc))
+		vc, sc = perCore("mqtls", psk13PerCore), perCore("stunnel", psk13PerCore)
+		ps = "—"
+		if !math.IsNaN(sc) {
+			ps = fmtNumAuto(sc) + " (stunnel)"
+		}
+		goal("TLS 1.3 PSK sessions/s per target core ≥ 2× stunnel's", vc, ps, vc >= 2*sc, !math.IsNaN(vc) && !math.IsNaN(sc))
 	}
 	{
 		v := r.median("mqtls", colDTLSRate)

@@ -303,6 +303,8 @@ func TestReport(t *testing.T) {
 		`{"cmd":"pub","label":"stunnel","tag":"pub-qos0","ok":false,"target_cpu_us_per_msg":0.1}`,
 		`{"cmd":"conns","label":"mqtls","tag":"conns-psk","per_s":3000,"target_cpu_us_per_conn":50,"failed":0}`,
 		`{"cmd":"conns","label":"stunnel","tag":"conns-psk","per_s":1000,"target_cpu_us_per_conn":200,"failed":0}`,
+		`{"cmd":"conns","label":"mqtls","tag":"conns-psk13","per_s":2500,"target_cpu_us_per_conn":80,"failed":0}`,
+		`{"cmd":"conns","label":"stunnel","tag":"conns-psk13","per_s":900,"target_cpu_us_per_conn":250,"failed":0}`,
 	}, "\n")
 	dir := t.TempDir()
 	file := filepath.Join(dir, "r.jsonl")
@@ -329,6 +331,8 @@ func TestReport(t *testing.T) {
 		"RSS KiB/idle session @1,000",
 		"| TLS-PSK sessions/s ≥ 2× stunnel's | 3,000 | 1,000 (stunnel) | yes |",
 		"| TLS-PSK sessions/s per target core ≥ 2× stunnel's | 20,000 | 5,000 (stunnel) | yes |",
+		"| TLS 1.3 PSK sessions/s per target core ≥ 2× stunnel's | 12,500 | 4,000 (stunnel) | yes |",
+		"| 2,500 | 80 | 12,500 |", // mqtls's TLS 1.3 PSK columns
 		"| mTLS CPU per session ≤ ⅔ of the best peer's (µs) | 110 | 150 (HAProxy) | no |",
 		"| ping p50 added ≤ 80 µs (target on CPU 1) | 50.0 | — | yes |",
 		"| ping p99 added ≤ 150 µs (target on CPU 1, busy polling) | 110 | 130 (HAProxy) | yes |",

@@ -59,19 +59,7 @@ func additionalData(buf *[13]byte, seq uint64, hdr []byte, plainLen int) []byte 
 func newRecordCipher(s *suite, macKey, key, iv []byte) (recordCipher, error) {
 	switch s.prot {
 	case protGCM, protCCM, protCCM8:
-		block, err := aes.NewCipher(key)
-		if err != nil {
-			return nil, err
-		}
-		var a cipher.AEAD
-		switch s.prot {
-		case protGCM:
-			a, err = cipher.NewGCM(block)
-		case protCCM:
-			a, err = ccm.NewCCM(block, 16, 12)
-		default:
-			a, err = ccm.NewCCM(block, 8, 12)
-		}
+		a, err := newAEAD(s.prot, key)
 		if err != nil {
 			return nil, err
 		}
@@ -79,7 +67,7 @@ func newRecordCipher(s *suite, macKey, key, iv []byte) (recordCipher, error) {
 		copy(c.salt[:], iv)
 		return c, nil
 	case protChaCha:
-		a, err := chacha20poly1305.New(key)
+		a, err := newAEAD(s.prot, key)
 		if err != nil {
 			return nil, err
 		}
@@ -94,6 +82,27 @@ func newRecordCipher(s *suite, macKey, key, iv []byte) (recordCipher, error) {
 		return &cbcETM{block: block, mac: hmac.New(sha256.New, macKey), rand: rand.Reader}, nil
 	}
 	return nil, errors.New("unknown record protection")
+}
+
+// newAEAD builds the AEAD of an AEAD protection (the same primitives serve TLS 1.2 and
+// TLS 1.3; only nonces and additional data differ).
+func newAEAD(p protection, key []byte) (cipher.AEAD, error) {
+	if p == protChaCha {
+		return chacha20poly1305.New(key)
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	switch p {
+	case protGCM:
+		return cipher.NewGCM(block)
+	case protCCM:
+		return ccm.NewCCM(block, 16, 12)
+	case protCCM8:
+		return ccm.NewCCM(block, 8, 12)
+	}
+	return nil, errors.New("not an AEAD protection")
 }
 
 // explicitNonceAEAD is AES-GCM (RFC 5288 §3) and AES-CCM (RFC 6655 §3): the nonce is a
@@ -142,12 +151,16 @@ type xorNonceAEAD struct {
 
 func (c *xorNonceAEAD) overhead() int { return c.aead.Overhead() }
 
-func (c *xorNonceAEAD) setNonce(seq uint64) {
-	c.nonce = c.iv
+func (c *xorNonceAEAD) setNonce(seq uint64) { xorNonce(&c.nonce, &c.iv, seq) }
+
+// xorNonce sets nonce to iv XOR the sequence number, left-padded to 12 bytes (RFC 7905 §2,
+// RFC 8446 §5.3).
+func xorNonce(nonce, iv *[12]byte, seq uint64) {
+	*nonce = *iv
 	var s [8]byte
 	binary.BigEndian.PutUint64(s[:], seq)
 	for i := range s {
-		c.nonce[4+i] ^= s[i]
+		nonce[4+i] ^= s[i]
 	}
 }
 

@@ -26,9 +26,16 @@ type ClientConfig struct {
 	// OfferETM offers encrypt_then_mac (RFC 7366). A CBC suite is only accepted together
 	// with it.
 	OfferETM bool
+	// Versions lists the protocol versions offered; nil means TLS 1.2 only, or TLS 1.3 when
+	// Suites lists only TLS 1.3 suites. With
+	// VersionTLS13 listed the client speaks TLS 1.3 (external PSK, SHA-256) and offers
+	// TLS 1.2 as well only if listed too; it does not fall back.
+	Versions []uint16
 
 	// groups overrides the supported_groups offered (tests).
 	groups []uint16
+	// t13 holds the TLS 1.3 test knobs.
+	t13 tls13ClientKnobs
 }
 
 // Validate reports a ClientConfig that cannot be used, naming the field.
@@ -52,7 +59,7 @@ func (cfg *ClientConfig) suites() []*suite {
 		return s
 	}
 	var out []*suite
-	for _, s := range allSuites {
+	for _, s := range defaultSuites {
 		if s.aead() || cfg.OfferETM {
 			out = append(out, s)
 		}
@@ -72,7 +79,15 @@ func (c *Conn) clientHandshake() error {
 	if err := cfg.Validate(); err != nil {
 		return &Error{Reason: ReasonConfig, Err: err}
 	}
-	suites := cfg.suites()
+	if cfg.speaks13() {
+		return c.clientHandshake13()
+	}
+	var suites []*suite
+	for _, s := range cfg.suites() {
+		if !s.tls13 {
+			suites = append(suites, s)
+		}
+	}
 	ch := &clientHello{
 		version:         VersionTLS12,
 		random:          make([]byte, clientRandomLen),

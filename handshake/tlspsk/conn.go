@@ -25,8 +25,19 @@ const (
 	recordTypeApplicationData  uint8 = 23
 )
 
-// VersionTLS12 is the only protocol version this package speaks.
-const VersionTLS12 uint16 = 0x0303
+// The protocol versions this package speaks.
+const (
+	VersionTLS12 uint16 = 0x0303
+	VersionTLS13 uint16 = 0x0304
+)
+
+// maxEarlyData bounds the refused 0-RTT data skipped (RFC 8446 §4.2.10 lets the server
+// pick the limit for an external PSK; no client of this package is told any other).
+const maxEarlyData = 1 << 14
+
+// maxRecordsPerKey is how many records a TLS 1.3 Conn writes under one key before it sends
+// a KeyUpdate (RFC 8446 §5.5 sets 2^24.5 full-size records for AES-GCM).
+const maxRecordsPerKey = 1 << 24
 
 // maxIdleRecords bounds how many records in a row may carry nothing for the caller (empty
 // application data, ignored warnings) before the peer is considered abusive.
@@ -40,7 +51,7 @@ type State struct {
 	// HandshakeComplete is true once the handshake succeeded; the other fields are only
 	// meaningful then.
 	HandshakeComplete bool
-	// Version is always VersionTLS12.
+	// Version is VersionTLS13 or VersionTLS12.
 	Version uint16
 	// CipherSuite is the negotiated suite (see CipherSuiteName).
 	CipherSuite uint16
@@ -48,7 +59,7 @@ type State struct {
 	Identity string
 	// ServerName is the SNI host name the client sent, if it was a plausible DNS name.
 	ServerName string
-	// ExtendedMasterSecret reports that RFC 7627 was negotiated.
+	// ExtendedMasterSecret reports that RFC 7627 was negotiated (TLS 1.2 only).
 	ExtendedMasterSecret bool
 	// EncryptThenMAC reports that RFC 7366 was negotiated (CBC suites only).
 	EncryptThenMAC bool
@@ -56,8 +67,8 @@ type State struct {
 	Hint string
 }
 
-// Conn is a TLS 1.2 PSK connection over a net.Conn. Read and Write may be called from
-// different goroutines; Close may be called at any time.
+// Conn is a TLS 1.3 or TLS 1.2 PSK connection over a net.Conn. Read and Write may be
+// called from different goroutines; Close may be called at any time.
 type Conn struct {
 	conn     net.Conn
 	isClient bool
@@ -72,6 +83,10 @@ type Conn struct {
 	hsDone atomic.Bool
 	hsErr  error
 	state  State
+
+	// tls13 is set once TLS 1.3 is negotiated; suite13 is its suite, kept for KeyUpdate.
+	tls13   bool
+	suite13 *suite
 
 	in  inHalf
 	out outHalf
@@ -93,6 +108,12 @@ type inHalf struct {
 	idle          int
 	err           error // sticky
 
+	// TLS 1.3.
+	ccsOK      bool          // a middlebox-compatibility ChangeCipherSpec may come (RFC 8446 §5)
+	skipEarly  bool          // refused early data may come (RFC 8446 §4.2.10)
+	earlyBytes int           // early data skipped so far
+	secret     [hashLen]byte // traffic secret, for KeyUpdate; inline, no allocation
+
 	// nonblock, set by TryRead, makes fill read the socket through sock, without waiting
 	// (ErrWouldBlock). sock.Conn is set by the first TryRead.
 	nonblock bool
@@ -107,6 +128,10 @@ type outHalf struct {
 	buf    []byte // records waiting to be written
 	err    error  // sticky
 	closed bool   // close_notify sent
+
+	// TLS 1.3.
+	secret  [hashLen]byte // traffic secret, for KeyUpdate; inline, no allocation
+	maxFrag int           // the peer's record_size_limit less the content type; 0: 2^14
 }
 
 // NetConn returns the underlying connection. Writing to it or reading from it directly
@@ -270,6 +295,9 @@ func (c *Conn) readLocked(b []byte) (int, error) {
 	n := copy(b, c.in.plain)
 	c.in.plain = c.in.plain[n:]
 	if len(c.in.plain) == 0 {
+		// An empty slice still points into the buffer and would keep it alive: drop it,
+		// so an idle session holds no record buffer (the handshake's is not pooled).
+		c.in.plain = nil
 		c.in.releaseRaw()
 	}
 	return n, nil
@@ -335,6 +363,9 @@ func (c *Conn) readApplicationRecord() error {
 // postHandshakeMessage handles handshake bytes after the handshake: a server refuses a new
 // ClientHello (renegotiation), a client answers HelloRequest with no_renegotiation.
 func (c *Conn) postHandshakeMessage() error {
+	if c.tls13 {
+		return c.postHandshake13()
+	}
 	for len(c.in.hs) > 0 {
 		if !c.isClient && c.in.hs[0] == typeClientHello {
 			// RFC 5746 §4.4 / RFC 5246 §7.2.2: refuse with the no_renegotiation warning.
@@ -379,6 +410,9 @@ func (c *Conn) handleAlert(data []byte, established bool) error {
 		return c.fatal(ReasonUnexpectedMessage, alertDecodeError, errors.New("alert record is not 2 bytes"))
 	}
 	level, desc := data[0], data[1]
+	if c.tls13 && desc != alertCloseNotify && desc != alertUserCanceled {
+		level = alertLevelFatal // RFC 8446 §6: the level is ignored, all errors are fatal
+	}
 	if desc == alertCloseNotify {
 		if established {
 			return io.EOF
@@ -436,10 +470,22 @@ func (c *Conn) sendAlertLocked(level, desc uint8) error {
 
 // readRecord reads and, once keys are in use, authenticates one record. The returned data
 // aliases the input buffer and is valid until the next readRecord. in.mu must be held.
+// In TLS 1.3 it returns the inner content type, and silently drops what RFC 8446 says to
+// drop: the middlebox-compatibility ChangeCipherSpec during the handshake (§5) and the
+// client's refused early data (§4.2.10).
 func (c *Conn) readRecord() (uint8, []byte, error) {
+	for {
+		typ, data, skip, err := c.readOneRecord()
+		if err != nil || !skip {
+			return typ, data, err
+		}
+	}
+}
+
+func (c *Conn) readOneRecord() (typ uint8, data []byte, skip bool, err error) {
 	in := &c.in
 	if err := c.fill(recordHeaderLen); err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	hdr := in.raw[in.rawOff : in.rawOff+recordHeaderLen]
 	typ, major := hdr[0], hdr[1]
@@ -448,54 +494,118 @@ func (c *Conn) readRecord() (uint8, []byte, error) {
 	if !in.sawRecord {
 		in.sawRecord = true
 		if !c.isClient && (typ != recordTypeHandshake || major != 3) {
-			return 0, nil, &Error{Reason: ReasonNotTLS, Err: errors.New("first bytes are not a TLS handshake record")}
+			return 0, nil, false, &Error{Reason: ReasonNotTLS, Err: errors.New("first bytes are not a TLS handshake record")}
 		}
 	}
 	if typ < recordTypeChangeCipherSpec || typ > recordTypeApplicationData {
-		return 0, nil, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("record of unknown type %d", typ))
+		return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("record of unknown type %d", typ))
 	}
 	if major != 3 || (in.strictVersion && version != VersionTLS12) {
-		return 0, nil, c.fatal(ReasonProtocolVersion, alertProtocolVersion, fmt.Errorf("record version 0x%04X", version))
+		return 0, nil, false, c.fatal(ReasonProtocolVersion, alertProtocolVersion, fmt.Errorf("record version 0x%04X", version))
 	}
+	// In TLS 1.3 a ChangeCipherSpec, and during the handshake an alert, may come in the
+	// clear while keys are in use (RFC 8446 §5); everything else must be protected.
+	protected := in.cipher != nil && !(c.tls13 && (typ == recordTypeChangeCipherSpec || typ == recordTypeAlert && in.ccsOK))
 	limit := maxPlaintext
-	if in.cipher != nil {
+	switch {
+	case protected && c.tls13:
+		limit = maxPlaintext + 256 // RFC 8446 §5.2
+	case protected:
 		limit = maxCiphertext
+	case in.skipEarly && typ == recordTypeApplicationData:
+		limit = maxPlaintext + 256 // early data protected with keys this side never has
 	}
 	if n > limit {
-		return 0, nil, c.fatal(ReasonRecordOverflow, alertRecordOverflow, fmt.Errorf("record of %d bytes", n))
+		return 0, nil, false, c.fatal(ReasonRecordOverflow, alertRecordOverflow, fmt.Errorf("record of %d bytes", n))
 	}
 	if err := c.fill(recordHeaderLen + n); err != nil {
-		return 0, nil, err
+		return 0, nil, false, err
 	}
 	hdr = in.raw[in.rawOff : in.rawOff+recordHeaderLen]
-	data := in.raw[in.rawOff+recordHeaderLen : in.rawOff+recordHeaderLen+n]
+	data = in.raw[in.rawOff+recordHeaderLen : in.rawOff+recordHeaderLen+n]
 	in.rawOff += recordHeaderLen + n
-	if in.cipher != nil {
+	if c.tls13 && typ == recordTypeChangeCipherSpec {
+		// RFC 8446 §5: dropped between the first ClientHello and the peer's Finished, an
+		// unexpected_message anywhere else or with any other body.
+		if !in.ccsOK || len(data) != 1 || data[0] != 1 {
+			return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, errors.New("change_cipher_spec outside the TLS 1.3 handshake"))
+		}
+		return 0, nil, true, c.idleRecord()
+	}
+	if in.skipEarly && typ == recordTypeApplicationData && (in.cipher == nil || c.tls13) {
+		if in.cipher != nil {
+			if in.seq == math.MaxUint64 {
+				return 0, nil, false, c.fatal(ReasonInternal, alertInternalError, errSeqExhausted)
+			}
+			if pt, err := in.cipher.open(in.seq, hdr, data); err == nil {
+				in.skipEarly = false
+				in.seq++
+				return c.innerPlaintext(pt)
+			}
+		}
+		// Refused 0-RTT data (RFC 8446 §4.2.10): skipped, up to a limit.
+		in.earlyBytes += n
+		if in.earlyBytes > maxEarlyData {
+			return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("over %d bytes of refused early data", maxEarlyData))
+		}
+		return 0, nil, true, nil
+	}
+	if protected {
+		if c.tls13 && typ != recordTypeApplicationData {
+			return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("unprotected record of type %d", typ))
+		}
 		if in.seq == math.MaxUint64 {
-			return 0, nil, c.fatal(ReasonInternal, alertInternalError, errSeqExhausted)
+			return 0, nil, false, c.fatal(ReasonInternal, alertInternalError, errSeqExhausted)
 		}
 		pt, err := in.cipher.open(in.seq, hdr, data)
 		if err != nil {
 			if in.finishedNext {
 				// The only protected record of a handshake is the Finished: failing to
 				// authenticate it means the two sides derived different keys.
-				return 0, nil, c.fatal(ReasonDecryptError, alertDecryptError,
+				return 0, nil, false, c.fatal(ReasonDecryptError, alertDecryptError,
 					errors.New("the peer's Finished does not authenticate (different keys)"))
 			}
-			return 0, nil, c.fatal(ReasonBadRecordMAC, alertBadRecordMAC, err)
+			return 0, nil, false, c.fatal(ReasonBadRecordMAC, alertBadRecordMAC, err)
 		}
 		in.seq++
+		if c.tls13 {
+			return c.innerPlaintext(pt)
+		}
 		if len(pt) > maxPlaintext {
-			return 0, nil, c.fatal(ReasonRecordOverflow, alertRecordOverflow, fmt.Errorf("record of %d plaintext bytes", len(pt)))
+			return 0, nil, false, c.fatal(ReasonRecordOverflow, alertRecordOverflow, fmt.Errorf("record of %d plaintext bytes", len(pt)))
 		}
 		data = pt
 	}
 	in.finishedNext = false
 	if len(data) == 0 && typ != recordTypeApplicationData {
 		// RFC 5246 §6.2.1: only application data may be sent in empty fragments.
-		return 0, nil, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("empty record of type %d", typ))
+		return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("empty record of type %d", typ))
 	}
-	return typ, data, nil
+	return typ, data, false, nil
+}
+
+// innerPlaintext unwraps a TLS 1.3 TLSInnerPlaintext (RFC 8446 §5.2): content, then the
+// real content type, then zero padding.
+func (c *Conn) innerPlaintext(pt []byte) (uint8, []byte, bool, error) {
+	c.in.finishedNext = false
+	if len(pt) > maxPlaintext+1 {
+		return 0, nil, false, c.fatal(ReasonRecordOverflow, alertRecordOverflow, fmt.Errorf("record of %d plaintext bytes", len(pt)))
+	}
+	i := len(pt) - 1
+	for i >= 0 && pt[i] == 0 {
+		i--
+	}
+	if i < 0 {
+		return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, errors.New("protected record without a content type"))
+	}
+	typ, data := pt[i], pt[:i]
+	switch {
+	case typ != recordTypeHandshake && typ != recordTypeAlert && typ != recordTypeApplicationData:
+		return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("protected record of type %d", typ))
+	case len(data) == 0 && typ != recordTypeApplicationData:
+		return 0, nil, false, c.fatal(ReasonUnexpectedMessage, alertUnexpectedMessage, fmt.Errorf("empty record of type %d", typ))
+	}
+	return typ, data, false, nil
 }
 
 // fill makes sure at least n unconsumed bytes are buffered. It must not be called while
@@ -623,6 +733,18 @@ func (c *Conn) appendRecordVersion(dst []byte, typ uint8, version uint16, frag [
 		extra = c.out.cipher.overhead()
 	}
 	dst = slices.Grow(dst, recordHeaderLen+len(frag)+extra)
+	if c.tls13 && c.out.cipher != nil {
+		// TLSCiphertext (RFC 8446 §5.2): the header claims application data and carries
+		// the ciphertext length; the real type ends the inner plaintext. Sealed in place.
+		n := len(frag) + extra
+		dst = append(dst, recordTypeApplicationData, 3, 3, byte(n>>8), byte(n))
+		p := len(dst)
+		dst = append(dst, frag...)
+		dst = append(dst, typ)
+		dst = c.out.cipher.seal(dst[:p], c.out.seq, dst[start:p], dst[p:])
+		c.out.seq++
+		return dst
+	}
 	dst = append(dst, typ, byte(version>>8), byte(version), byte(len(frag)>>8), byte(len(frag)))
 	if c.out.cipher == nil {
 		dst = append(dst, frag...)
@@ -642,7 +764,7 @@ func (c *Conn) appendRecords(dst []byte, typ uint8, data []byte) []byte {
 }
 
 func (c *Conn) appendRecordsVersion(dst []byte, typ uint8, version uint16, data []byte) []byte {
-	size := maxPlaintext
+	size := c.maxFragment()
 	if typ == recordTypeHandshake && c.hsFragment > 0 {
 		size = c.hsFragment
 	}
@@ -652,6 +774,15 @@ func (c *Conn) appendRecordsVersion(dst []byte, typ uint8, version uint16, data 
 		data = data[n:]
 	}
 	return dst
+}
+
+// maxFragment is the most content one record may carry: 2^14, or less when a TLS 1.3
+// peer sent record_size_limit (RFC 8449 §4). out.mu must be held.
+func (c *Conn) maxFragment() int {
+	if c.out.cipher != nil && c.out.maxFrag > 0 {
+		return c.out.maxFrag
+	}
+	return maxPlaintext
 }
 
 // flushLocked writes out.buf. A failed write leaves the writing direction broken (part of
@@ -699,7 +830,13 @@ func (c *Conn) Write(b []byte) (int, error) {
 			c.out.err = &Error{Reason: ReasonInternal, Err: errSeqExhausted}
 			return written, c.out.err
 		}
-		n := min(len(b), maxPlaintext)
+		if c.tls13 && c.out.seq >= maxRecordsPerKey {
+			// RFC 8446 §5.5: change keys long before AES-GCM's limit of 2^24.5 records.
+			if err := c.keyUpdateLocked(false); err != nil {
+				return written, err
+			}
+		}
+		n := min(len(b), c.maxFragment())
 		c.out.buf = c.appendRecord(c.out.buf[:0], recordTypeApplicationData, b[:n])
 		if err := c.flushLocked(); err != nil {
 			return written, err

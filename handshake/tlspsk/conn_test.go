@@ -43,11 +43,11 @@ func TestSuitesInProcess(t *testing.T) {
 	for _, id := range DefaultSuites() {
 		s := suiteByID(id)
 		for _, group := range []uint16{groupX25519, groupP256} {
-			if !s.ecdhe && group == groupP256 {
+			if !s.ecdhe && !s.tls13 && group == groupP256 {
 				continue
 			}
 			name := s.name
-			if s.ecdhe {
+			if s.ecdhe || s.tls13 {
 				name += map[uint16]string{groupX25519: "/X25519", groupP256: "/P-256"}[group]
 			}
 			t.Run(name, func(t *testing.T) {
@@ -89,11 +89,16 @@ func TestSuitesInProcess(t *testing.T) {
 				}
 				want := State{HandshakeComplete: true, Version: VersionTLS12, CipherSuite: id, Identity: testIdentity,
 					ServerName: "broker.example", ExtendedMasterSecret: true, EncryptThenMAC: !s.aead()}
+				if s.tls13 { // no EMS (the key schedule binds the transcript anyway), no hint
+					want.Version, want.ExtendedMasterSecret = VersionTLS13, false
+				}
 				if r.state != want {
 					t.Errorf("server state %+v, want %+v", r.state, want)
 				}
 				cs := c.ConnectionState()
-				want.Hint = "mqtls"
+				if !s.tls13 {
+					want.Hint = "mqtls"
+				}
 				if cs != want {
 					t.Errorf("client state %+v, want %+v", cs, want)
 				}
@@ -157,8 +162,9 @@ func TestHandshakeFailures(t *testing.T) {
 		{"wrong key", ClientConfig{Identity: testIdentity, Key: otherKey}, ReasonDecryptError, alertDecryptError},
 		{"wrong key ECDHE", ClientConfig{Identity: testIdentity, Key: otherKey, Suites: []uint16{TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256}}, ReasonDecryptError, alertDecryptError},
 		{"wrong key CBC", ClientConfig{Identity: testIdentity, Key: otherKey, Suites: []uint16{TLS_PSK_WITH_AES_128_CBC_SHA256}, OfferETM: true}, ReasonDecryptError, alertDecryptError},
-		{"unknown identity", ClientConfig{Identity: "device-2", Key: testKey}, ReasonUnknownPSKIdentity, alertUnknownPSKIdentity},
-		{"empty identity", ClientConfig{Identity: "", Key: testKey}, ReasonUnknownPSKIdentity, alertUnknownPSKIdentity},
+		// An unknown identity gets the wrong key's alert (RFC 4279 §2): no enumeration.
+		{"unknown identity", ClientConfig{Identity: "device-2", Key: testKey}, ReasonUnknownPSKIdentity, alertDecryptError},
+		{"empty identity", ClientConfig{Identity: "", Key: testKey}, ReasonUnknownPSKIdentity, alertDecryptError},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

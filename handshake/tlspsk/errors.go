@@ -9,7 +9,8 @@ import (
 // labels, so they never change meaning; new ones may be added.
 const (
 	// ReasonUnknownPSKIdentity: the client named an identity that Lookup does not know
-	// (RFC 4279 §2).
+	// (RFC 4279 §2). The client was answered as for a wrong key (decrypt_error), unless
+	// Config.RevealUnknownIdentity is set.
 	ReasonUnknownPSKIdentity = "unknown_psk_identity"
 	// ReasonDecryptError: the peer's Finished did not verify, almost always because the two
 	// sides hold different keys for the identity.
@@ -20,7 +21,8 @@ const (
 	// ReasonCBCWithoutETM: the only shared suites are CBC suites and the client did not offer
 	// encrypt_then_mac (RFC 7366); MAC-then-encrypt CBC is refused (Lucky13).
 	ReasonCBCWithoutETM = "cbc_without_etm"
-	// ReasonProtocolVersion: the peer does not speak TLS 1.2.
+	// ReasonProtocolVersion: the peer offers no version the Config accepts (TLS 1.0/1.1,
+	// TLS 1.3 only against MaxVersion 1.2, TLS 1.2 only against MinVersion 1.3).
 	ReasonProtocolVersion = "protocol_version"
 	// ReasonMalformedHandshake: a handshake message or extension does not parse.
 	ReasonMalformedHandshake = "malformed_handshake"
@@ -67,6 +69,7 @@ const (
 	alertInternalError        uint8 = 80
 	alertUserCanceled         uint8 = 90
 	alertNoRenegotiation      uint8 = 100
+	alertMissingExtension     uint8 = 109
 	alertUnsupportedExtension uint8 = 110
 	alertUnknownPSKIdentity   uint8 = 115
 )

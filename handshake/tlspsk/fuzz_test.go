@@ -224,6 +224,7 @@ func TestUpdateCorpus(t *testing.T) {
 	peers := map[string]func(t *testing.T) func(string){
 		"openssl-default": func(t *testing.T) func(string) { return opensslHello(t, "-psk", key, "-psk_identity", "x") },
 		"openssl-tls12":   func(t *testing.T) func(string) { return opensslHello(t, "-tls1_2", "-psk", key, "-psk_identity", "x") },
+		"openssl-tls13":   func(t *testing.T) func(string) { return opensslHello(t, "-tls1_3", "-psk", key, "-psk_identity", "x") },
 		"openssl-cbc-etm": func(t *testing.T) func(string) {
 			return opensslHello(t, "-tls1_2", "-psk", key, "-cipher", "PSK-AES128-CBC-SHA256")
 		},

@@ -40,11 +40,6 @@ func (p *rawPeer) send(b []byte) {
 	}
 }
 
-// record frames data as one plaintext record.
-func record(typ uint8, version uint16, data []byte) []byte {
-	return append([]byte{typ, byte(version >> 8), byte(version), byte(len(data) >> 8), byte(len(data))}, data...)
-}
-
 // message reads the next handshake message from the server.
 func (p *rawPeer) message() ([]byte, error) {
 	p.c.in.mu.Lock()
@@ -92,7 +87,7 @@ func TestClientHelloRefusals(t *testing.T) {
 		alert  uint8 // 0: no alert expected at all (not TLS)
 	}{
 		{"TLS 1.0 client", record(22, 0x0301, func() []byte { h := baseHello(); h.version = 0x0301; return marshalClientHello(h) }()), ReasonProtocolVersion, alertProtocolVersion},
-		{"TLS 1.3 only", record(22, 0x0301, withExt(extSupportedVersions, []byte{2, 0x03, 0x04})), ReasonProtocolVersion, alertProtocolVersion},
+		{"TLS 1.3 only, without a PSK", record(22, 0x0301, withExt(extSupportedVersions, []byte{2, 0x03, 0x04})), ReasonNoSharedCipher, alertHandshakeFailure},
 		{"no null compression", record(22, 0x0301, func() []byte { h := baseHello(); h.compression = []byte{1}; return marshalClientHello(h) }()), ReasonIllegalParameter, alertIllegalParameter},
 		{"renegotiation_info not empty", record(22, 0x0301, func() []byte { h := baseHello(); h.renegInfo = []byte{1, 2, 3}; return marshalClientHello(h) }()), ReasonIllegalParameter, alertHandshakeFailure},
 		{"duplicate extension", record(22, 0x0301, withExt(extExtendedMasterSecret, nil)), ReasonMalformedHandshake, alertDecodeError},

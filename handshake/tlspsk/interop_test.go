@@ -129,17 +129,19 @@ func TestOpenSSLClient(t *testing.T) {
 		peerSays string // s_client's output when it fails
 		wantSNI  string
 		noPSK    bool // a certificate-only s_client
+		max12    bool // against a listener capped at TLS 1.2 (MaxVersion)
 	}
 	tests := []tc{
 		{name: "TLS 1.2 default list", args: []string{"-tls1_2"}, want: TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256},
-		{name: "TLS 1.3 offered first, clean 1.2 answer", want: TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256},
-		{name: "TLS 1.3 offered with a pinned 1.2 suite", args: []string{"-cipher", "PSK-AES128-CCM8"}, want: TLS_PSK_WITH_AES_128_CCM_8},
+		// Against a listener capped at TLS 1.2; the TLS 1.3 answers are in TestOpenSSLClientTLS13.
+		{name: "TLS 1.3 offered first, clean 1.2 answer", max12: true, want: TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256},
+		{name: "TLS 1.3 offered with a pinned 1.2 suite", max12: true, args: []string{"-cipher", "PSK-AES128-CCM8"}, want: TLS_PSK_WITH_AES_128_CCM_8},
 		{name: "ECDHE over P-256", args: []string{"-tls1_2", "-cipher", "ECDHE-PSK-CHACHA20-POLY1305", "-curves", "P-256"}, want: TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256},
 		{name: "SNI", args: []string{"-tls1_2", "-servername", "broker.example"}, want: TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256, wantSNI: "broker.example"},
 		{name: "wrong key", args: []string{"-tls1_2"}, key: hex.EncodeToString(otherKey), reason: ReasonDecryptError, peerSays: "alert decrypt error"},
-		{name: "unknown identity", args: []string{"-tls1_2"}, identity: "device-2", reason: ReasonUnknownPSKIdentity, peerSays: "alert unknown psk identity"},
+		{name: "unknown identity", args: []string{"-tls1_2"}, identity: "device-2", reason: ReasonUnknownPSKIdentity, peerSays: "alert decrypt error"},
 		{name: "TLS 1.1 only", args: []string{"-tls1_1", "-cipher", "PSK@SECLEVEL=0"}, reason: ReasonProtocolVersion, peerSays: "alert protocol version"},
-		{name: "TLS 1.3 only", args: []string{"-tls1_3"}, reason: ReasonProtocolVersion, peerSays: "alert protocol version"},
+		{name: "TLS 1.3 only", max12: true, args: []string{"-tls1_3"}, reason: ReasonProtocolVersion, peerSays: "alert protocol version"},
 		{name: "certificate client", noPSK: true, reason: ReasonNoSharedCipher, peerSays: "alert handshake failure"},
 	}
 	for _, name := range slices.Sorted(maps.Keys(opensslNames)) {
@@ -152,7 +154,11 @@ func TestOpenSSLClient(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := startServer(t, &Config{Lookup: testLookup, Hint: "mqtls"}, pingPong)
+			cfg := &Config{Lookup: testLookup, Hint: "mqtls"}
+			if tt.max12 {
+				cfg.MaxVersion = VersionTLS12
+			}
+			srv := startServer(t, cfg, pingPong)
 			identity, key := testIdentity, keyHex
 			if tt.identity != "" {
 				identity = tt.identity
@@ -224,7 +230,8 @@ func TestOpenSSLClientRenegotiation(t *testing.T) {
 // gnutlsDescription matches "- Description: (TLS1.2-X.509)-(PSK)-(AES-128-CCM-8)".
 var gnutlsDescription = regexp.MustCompile(`Description: \((TLS[0-9.]+)-[^)]*\)-\(([^)]+)\)-\(([^)]+)\)(?:-\(([^)]+)\))?`)
 
-// TestGnuTLSClient runs `gnutls-cli --pskusername --pskkey` against the server.
+// TestGnuTLSClient runs `gnutls-cli --pskusername --pskkey` against a server capped at
+// TLS 1.2 (GnuTLS offers TLS 1.3 with the PSK first: TestGnuTLSClientTLS13 has those).
 func TestGnuTLSClient(t *testing.T) {
 	gnutls := needPeer(t, "gnutls-cli")
 	const only12 = "NORMAL:-VERS-ALL:+VERS-TLS1.2:-KX-ALL:-CIPHER-ALL:-MAC-ALL"
@@ -253,7 +260,7 @@ func TestGnuTLSClient(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := startServer(t, &Config{Lookup: testLookup, Hint: "mqtls"}, pongAfterEOF)
+			srv := startServer(t, &Config{Lookup: testLookup, Hint: "mqtls", MaxVersion: VersionTLS12}, pongAfterEOF)
 			host, port, _ := net.SplitHostPort(srv.addr())
 			out, peerErr := runPeer(t, gnutls, strings.NewReader("ping\n"), "--pskusername", testIdentity,
 				"--pskkey", hex.EncodeToString(tt.key), "--priority", tt.priority, "-p", port, host)
@@ -423,15 +430,19 @@ func TestGnuTLSServer(t *testing.T) {
 func TestMosquittoPubClient(t *testing.T) {
 	pub := needPeer(t, "mosquitto_pub")
 	for _, tt := range []struct {
-		name string
-		args []string
-		want uint16
+		name    string
+		args    []string
+		max     uint16 // Config.MaxVersion
+		want    uint16
+		version uint16
 	}{
-		{"default (TLS 1.3 offered)", nil, TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256},
-		{"tlsv1.2 with CCM-8", []string{"--tls-version", "tlsv1.2", "--ciphers", "PSK-AES128-CCM8"}, TLS_PSK_WITH_AES_128_CCM_8},
+		// mosquitto_pub offers TLS 1.3 with the PSK whatever --tls-version says.
+		{"default", nil, 0, TLS_AES_128_GCM_SHA256, VersionTLS13},
+		{"default against a TLS 1.2 listener", nil, VersionTLS12, TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256, VersionTLS12},
+		{"CCM-8 against a TLS 1.2 listener", []string{"--tls-version", "tlsv1.2", "--ciphers", "PSK-AES128-CCM8"}, VersionTLS12, TLS_PSK_WITH_AES_128_CCM_8, VersionTLS12},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := startServer(t, &Config{Lookup: testLookup}, func(c *Conn) ([]byte, error) {
+			srv := startServer(t, &Config{Lookup: testLookup, MaxVersion: tt.max}, func(c *Conn) ([]byte, error) {
 				br := bufio.NewReader(c)
 				connect, err := readMQTTPacket(br)
 				if err != nil || connect[0] != 0x10 {
@@ -463,7 +474,7 @@ func TestMosquittoPubClient(t *testing.T) {
 			if !bytes.Contains(r.data, []byte("sensors/1")) || !bytes.Contains(r.data, []byte("21.5")) {
 				t.Errorf("no PUBLISH of 21.5 to sensors/1 in %q", r.data)
 			}
-			if r.state.CipherSuite != tt.want || r.state.Identity != testIdentity {
+			if r.state.CipherSuite != tt.want || r.state.Identity != testIdentity || r.state.Version != tt.version {
 				t.Errorf("server state %+v, want %s", r.state, CipherSuiteName(tt.want))
 			}
 		})

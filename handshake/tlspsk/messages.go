@@ -37,6 +37,12 @@ const (
 	extExtendedMasterSecret uint16 = 23     // RFC 7627 §5.1
 	extSupportedVersions    uint16 = 43     // RFC 8446 §4.2.1
 	extRenegotiationInfo    uint16 = 0xff01 // RFC 5746 §3.2
+	extRecordSizeLimit      uint16 = 28     // RFC 8449 §4
+	extPreSharedKey         uint16 = 41     // RFC 8446 §4.2.11
+	extEarlyData            uint16 = 42     // RFC 8446 §4.2.10
+	extCookie               uint16 = 44     // RFC 8446 §4.2.2
+	extPSKKeyExchangeModes  uint16 = 45     // RFC 8446 §4.2.9
+	extKeyShare             uint16 = 51     // RFC 8446 §4.2.8
 )
 
 // Named groups for ECDHE_PSK.
@@ -68,6 +74,21 @@ type clientHello struct {
 	hasRenegInfo    bool
 	versions        []uint16
 	hasVersions     bool
+
+	// TLS 1.3 (RFC 8446 §4.2).
+	keyShares       []keyShare
+	hasKeyShares    bool
+	pskModes        []uint8
+	hasPSKModes     bool
+	pskIdentities   []pskIdentity
+	pskBinders      [][]byte
+	hasPSK          bool
+	bindersLen      int // bytes at the end of the message taken by the binders list
+	earlyData       bool
+	recordSizeLimit uint16 // RFC 8449; 0 when not sent
+	hasCookie       bool
+
+	rawExts []byte // client side: extensions appended as they are, last
 }
 
 func (ch *clientHello) offersSuite(id uint16) bool { return slices.Contains(ch.suites, id) }
@@ -112,6 +133,10 @@ func parseClientHello(body []byte) (*clientHello, error) {
 			return nil, fmt.Errorf("%w ClientHello extension", errMalformed)
 		}
 		seen = append(seen, typ)
+		if ch.hasPSK {
+			// "The pre_shared_key extension MUST be the last extension" (RFC 8446 §4.2.11).
+			return nil, errPSKNotLast
+		}
 		if err := ch.parseExtension(typ, data); err != nil {
 			return nil, err
 		}
@@ -170,6 +195,8 @@ func (ch *clientHello) parseExtension(typ uint16, data cryptobyte.String) error 
 		}
 		ch.hasRenegInfo = true
 		ch.renegInfo = rc
+	case extKeyShare, extPreSharedKey, extPSKKeyExchangeModes, extEarlyData, extRecordSizeLimit, extCookie:
+		return ch.parseExtension13(typ, data)
 	case extSupportedVersions:
 		var list cryptobyte.String
 		if !data.ReadUint8LengthPrefixed(&list) || !data.Empty() || len(list) == 0 || len(list)%2 != 0 {
@@ -456,6 +483,7 @@ func marshalClientHello(ch *clientHello) []byte {
 	if ch.hasRenegInfo {
 		exts = appendExtension(exts, extRenegotiationInfo, appendU8Bytes(nil, ch.renegInfo))
 	}
+	exts = append(exts, ch.rawExts...)
 	var body []byte
 	body = appendU16(body, ch.version)
 	body = append(body, ch.random...)

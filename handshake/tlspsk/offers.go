@@ -5,10 +5,17 @@ import (
 )
 
 // OffersPSK reports whether raw bytes from the start of a connection (one or more TLS
-// records, as peeked from the wire, possibly cut short) hold a ClientHello that offers a
-// suite a default Config would accept: an AEAD PSK suite, or a CBC PSK suite together with
-// encrypt_then_mac. A mixed certificate/PSK listener routes on it. It never panics and
-// answers false when it cannot tell.
+// records, as peeked from the wire, possibly cut short) hold a ClientHello for this
+// package rather than for a certificate server. A mixed certificate/PSK listener routes on
+// it. It never panics and answers false when it cannot tell.
+//
+// A ClientHello with a TLS 1.3 pre_shared_key extension is routed by its identities'
+// obfuscated_ticket_age: an external PSK has age 0 (RFC 8446 §4.2.11 says it SHOULD, and
+// OpenSSL, GnuTLS, mbedTLS, wolfSSL, Node and this package's client send 0), while a
+// session ticket from crypto/tls (a certificate client resuming) carries its ticket age
+// plus a random 32-bit ticket_age_add, which is 0 only once in 2^32. All ages 0: PSK
+// server; any other: crypto/tls. Without a pre_shared_key, a hello offering an AEAD TLS
+// 1.2 PSK suite (or a CBC one together with encrypt_then_mac) goes to the PSK server.
 func OffersPSK(clientHelloRecord []byte) bool {
 	// Gather the handshake bytes of the leading handshake records.
 	var hs []byte
@@ -38,6 +45,11 @@ func OffersPSK(clientHelloRecord []byte) bool {
 		body = body[:n]
 	}
 
+	if complete {
+		if ch, err := parseClientHello(body); err == nil && ch.hasPSK {
+			return ch.offersVersion(VersionTLS13) && externalPSK(ch)
+		}
+	}
 	// The cipher suites come early; read up to them even from a cut-short hello.
 	s := cryptobyte.String(body)
 	var version uint16
@@ -52,7 +64,7 @@ func OffersPSK(clientHelloRecord []byte) bool {
 		if !suites.ReadUint16(&id) {
 			return false
 		}
-		if st := suiteByID(id); st != nil {
+		if st := suiteByID(id); st != nil && !st.tls13 {
 			if st.aead() {
 				return true
 			}
@@ -64,4 +76,14 @@ func OffersPSK(clientHelloRecord []byte) bool {
 	}
 	ch, err := parseClientHello(body)
 	return err == nil && ch.etm
+}
+
+// externalPSK reports whether every offered PSK identity looks external (age 0).
+func externalPSK(ch *clientHello) bool {
+	for _, id := range ch.pskIdentities {
+		if id.age != 0 {
+			return false
+		}
+	}
+	return true
 }

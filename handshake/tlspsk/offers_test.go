@@ -97,6 +97,14 @@ func TestOffersPSK(t *testing.T) {
 		{"openssl -psk (TLS 1.3 and 1.2)", func(t *testing.T) func(string) {
 			return opensslHello(t, "-psk", key, "-psk_identity", "x")
 		}, true},
+		{"openssl -tls1_3 -psk (external PSK only)", func(t *testing.T) func(string) {
+			return opensslHello(t, "-tls1_3", "-psk", key, "-psk_identity", "x")
+		}, true},
+		{"own client TLS 1.3", func(t *testing.T) func(string) {
+			return dialAndDrop(func(nc net.Conn) error {
+				return Client(nc, &ClientConfig{Identity: "x", Key: testKey, Versions: []uint16{VersionTLS13}}).Handshake()
+			})
+		}, true},
 		{"openssl certificates only", func(t *testing.T) func(string) { return opensslHello(t) }, false},
 		{"openssl CBC PSK with EtM", func(t *testing.T) func(string) {
 			return opensslHello(t, "-tls1_2", "-psk", key, "-cipher", "PSK-AES128-CBC-SHA256")

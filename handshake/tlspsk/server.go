@@ -28,6 +28,34 @@ type Config struct {
 	// Suites is the server's order of preference; nil means DefaultSuites. The CBC suites
 	// are only ever chosen when the client also offers encrypt_then_mac.
 	Suites []uint16
+	// RevealUnknownIdentity sends the explicit unknown_psk_identity alert for an identity
+	// Lookup does not know. By default (false) an unknown identity is answered exactly like
+	// a wrong key — the handshake carries on with a random key and ends with decrypt_error —
+	// so that a client cannot enumerate identities (RFC 4279 §2, RFC 8446 §6.2). Either way
+	// the Error's Reason is unknown_psk_identity. Turn it on only to debug a device.
+	RevealUnknownIdentity bool
+	// MinVersion and MaxVersion bound the protocol versions accepted: VersionTLS12 or
+	// VersionTLS13. Zero means TLS 1.2 and TLS 1.3 respectively. A ClientHello that offers
+	// TLS 1.3 with a pre_shared_key gets TLS 1.3; one without (or offering only TLS 1.2)
+	// gets TLS 1.2.
+	MinVersion, MaxVersion uint16
+	// AllowPSKKE lets a TLS 1.3 client that offers only psk_ke (the PSK alone, without an
+	// ECDHE exchange, so without forward secrecy) connect. Off by default: psk_dhe_ke only.
+	AllowPSKKE bool
+}
+
+func (cfg *Config) minVersion() uint16 {
+	if cfg.MinVersion == 0 {
+		return VersionTLS12
+	}
+	return cfg.MinVersion
+}
+
+func (cfg *Config) maxVersion() uint16 {
+	if cfg.MaxVersion == 0 {
+		return VersionTLS13
+	}
+	return cfg.MaxVersion
 }
 
 // Validate reports a Config that cannot serve, naming the field.
@@ -41,8 +69,31 @@ func (cfg *Config) Validate() error {
 	if len(cfg.Hint) > maxHintLen {
 		return fmt.Errorf("config Hint is %d bytes; keep it under %d", len(cfg.Hint), maxHintLen)
 	}
-	_, err := resolveSuites(cfg.Suites)
-	return err
+	for _, v := range []struct {
+		name string
+		v    uint16
+	}{{"MinVersion", cfg.MinVersion}, {"MaxVersion", cfg.MaxVersion}} {
+		if v.v != 0 && v.v != VersionTLS12 && v.v != VersionTLS13 {
+			return fmt.Errorf("config %s is 0x%04X; use VersionTLS12 (0x0303) or VersionTLS13 (0x0304)", v.name, v.v)
+		}
+	}
+	if cfg.minVersion() > cfg.maxVersion() {
+		return errors.New("config MinVersion is above MaxVersion")
+	}
+	suites, err := resolveSuites(cfg.Suites)
+	if err != nil {
+		return err
+	}
+	has := func(tls13 bool) bool {
+		return slices.ContainsFunc(suites, func(s *suite) bool { return s.tls13 == tls13 })
+	}
+	if cfg.minVersion() == VersionTLS13 && !has(true) {
+		return errors.New("config MinVersion is TLS 1.3 but Suites lists no TLS 1.3 suite")
+	}
+	if cfg.maxVersion() == VersionTLS12 && !has(false) {
+		return errors.New("config MaxVersion is TLS 1.2 but Suites lists no TLS 1.2 suite")
+	}
+	return nil
 }
 
 // Server returns a server-side Conn on c. The handshake runs on the first Read or Write,
@@ -61,7 +112,7 @@ func Server(c net.Conn, cfg *Config) *Conn {
 //	                     <--  ChangeCipherSpec, Finished
 //
 // c.in.mu is held.
-func (c *Conn) serverHandshake() error {
+func (c *Conn) serverHandshake() (err error) {
 	if err := c.cfg.Validate(); err != nil {
 		return &Error{Reason: ReasonConfig, Err: err}
 	}
@@ -79,12 +130,26 @@ func (c *Conn) serverHandshake() error {
 		return c.fatal(ReasonMalformedHandshake, alertDecodeError, err)
 	}
 	// Version (RFC 5246 §E.1, RFC 8446 §4.2.1): a TLS 1.3 client keeps legacy_version at
-	// 0x0303 and lists the versions it takes in supported_versions; 1.2 must be among them.
+	// 0x0303 and lists the versions it takes in supported_versions. TLS 1.3 needs a
+	// pre_shared_key (this server has no certificate); without one, TLS 1.2 is the answer.
+	// No downgrade sentinel goes into the TLS 1.2 ServerRandom (RFC 8446 §4.1.3): the
+	// fallback happens only when the hello cannot be answered in TLS 1.3 at all, and the
+	// TLS 1.2 Finished, keyed by the PSK, already authenticates the whole ClientHello.
+	tls13Suite := slices.ContainsFunc(suites, func(s *suite) bool { return s.tls13 })
+	if c.cfg.maxVersion() >= VersionTLS13 && tls13Suite && ch.offersVersion(VersionTLS13) && ch.hasPSK {
+		return c.serverHandshake13(ch, msg, suites)
+	}
 	if ch.version < VersionTLS12 {
 		return c.fatal(ReasonProtocolVersion, alertProtocolVersion, fmt.Errorf("client offers at most version 0x%04X", ch.version))
 	}
 	if ch.hasVersions && !slices.Contains(ch.versions, VersionTLS12) {
+		if ch.offersVersion(VersionTLS13) && c.cfg.maxVersion() >= VersionTLS13 {
+			return c.fatal(ReasonNoSharedCipher, alertHandshakeFailure, errors.New("the client offers TLS 1.3 without a pre_shared_key this server could take"))
+		}
 		return c.fatal(ReasonProtocolVersion, alertProtocolVersion, errors.New("supported_versions does not include TLS 1.2"))
+	}
+	if c.cfg.minVersion() > VersionTLS12 {
+		return c.fatal(ReasonProtocolVersion, alertProtocolVersion, errors.New("the client offers TLS 1.2 (or TLS 1.3 without a PSK) and this listener takes TLS 1.3 only"))
 	}
 	if !slices.Contains(ch.compression, 0) {
 		return c.fatal(ReasonIllegalParameter, alertIllegalParameter, errors.New("compression_methods lacks null"))
@@ -169,12 +234,14 @@ func (c *Conn) serverHandshake() error {
 		}
 	}
 	identity := string(cke.identity)
-	key, ok := c.cfg.Lookup(identity)
-	if !ok {
-		return c.fatal(ReasonUnknownPSKIdentity, alertUnknownPSKIdentity, fmt.Errorf("no key for identity %s", quoteIdentity(identity)))
+	key, known, err := c.lookupKey(identity)
+	if err != nil {
+		return err
 	}
-	if err := validKey(key); err != nil {
-		return c.fatal(ReasonInternal, alertInternalError, err)
+	if !known {
+		// Carry on with the random key: the client's Finished cannot verify, and the
+		// answer is the decrypt_error a wrong key gets, after the same work.
+		defer func() { err = unknownIdentityError(err, identity) }()
 	}
 	c.state.Identity = identity
 	var premaster []byte
@@ -226,6 +293,40 @@ func (c *Conn) serverHandshake() error {
 	return c.writeFinished(keys.server, appendHandshake(nil, typeFinished, verify))
 }
 
+// lookupKey finds the key of identity. An unknown identity gets a random key and
+// known=false, unless the Config reveals unknown identities, in which case it is refused
+// here with unknown_psk_identity.
+func (c *Conn) lookupKey(identity string) (key []byte, known bool, err error) {
+	key, ok := c.cfg.Lookup(identity)
+	if !ok {
+		if c.cfg.RevealUnknownIdentity {
+			return nil, false, c.fatal(ReasonUnknownPSKIdentity, alertUnknownPSKIdentity, fmt.Errorf("no key for identity %s", quoteIdentity(identity)))
+		}
+		key = make([]byte, 32)
+		rand.Read(key)
+		return key, false, nil
+	}
+	if err := validKey(key); err != nil {
+		return nil, false, c.fatal(ReasonInternal, alertInternalError, err)
+	}
+	return key, true, nil
+}
+
+// unknownIdentityError turns the decrypt_error that an unknown identity's random key
+// ends in into the unknown_psk_identity it really is, for the log; the alert already sent
+// stays decrypt_error. Any other failure (the peer hanging up first) is left alone.
+func unknownIdentityError(err error, identity string) error {
+	var e *Error
+	if errors.As(err, &e) && e.Reason == ReasonDecryptError {
+		return &Error{Reason: ReasonUnknownPSKIdentity, Alert: e.Alert, Err: fmt.Errorf("no key for identity %s", quoteIdentity(identity))}
+	}
+	if err == nil {
+		// Cannot happen: a random 256-bit key does not verify. Refuse all the same.
+		return &Error{Reason: ReasonUnknownPSKIdentity, Err: fmt.Errorf("no key for identity %s", quoteIdentity(identity))}
+	}
+	return err
+}
+
 // selectSuite picks the first suite in the server's order that the client offers and that
 // can be completed: ECDHE_PSK needs a shared group, CBC needs encrypt_then_mac. The reason
 // tells a CBC-only client without encrypt_then_mac apart from no overlap at all.
@@ -233,7 +334,7 @@ func selectSuite(ch *clientHello, suites []*suite) (*suite, uint16, string) {
 	group := selectGroup(ch)
 	cbcBlocked := false
 	for _, s := range suites {
-		if !ch.offersSuite(s.id) || (s.ecdhe && group == 0) {
+		if s.tls13 || !ch.offersSuite(s.id) || (s.ecdhe && group == 0) {
 			continue
 		}
 		if !s.aead() && !ch.etm {

@@ -6,10 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 )
 
 // The cipher suites this package implements, by their IANA names.
 const (
+	// TLS 1.3 (RFC 8446 §B.4, and RFC 8998's CCM suites): key exchange is negotiated
+	// apart from the suite.
+	TLS_AES_128_GCM_SHA256       uint16 = 0x1301
+	TLS_CHACHA20_POLY1305_SHA256 uint16 = 0x1303
+	TLS_AES_128_CCM_SHA256       uint16 = 0x1304
+	TLS_AES_128_CCM_8_SHA256     uint16 = 0x1305
+
 	// ECDHE_PSK (RFC 5489 key exchange): forward secret.
 	TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256 uint16 = 0xCCAC // RFC 7905
 	TLS_ECDHE_PSK_WITH_AES_128_GCM_SHA256       uint16 = 0xD001 // RFC 8442
@@ -50,6 +58,8 @@ type suite struct {
 	macLen, keyLen, ivLen int
 	// prfHash is the hash of the TLS 1.2 PRF and of the Finished transcript.
 	prfHash func() hash.Hash
+	// tls13 marks a TLS 1.3 suite (always SHA-256 here, the hash external PSKs are bound to).
+	tls13 bool
 }
 
 func (s *suite) aead() bool { return s.prot != protCBCSHA256 }
@@ -69,8 +79,21 @@ var allSuites = []*suite{
 	{id: TLS_PSK_WITH_AES_128_CBC_SHA256, name: "TLS_PSK_WITH_AES_128_CBC_SHA256", prot: protCBCSHA256, macLen: 32, keyLen: 16, ivLen: 16, prfHash: sha256.New},
 }
 
+// tls13Suites are the TLS 1.3 suites, in the server's order: AES-GCM (hardware on most
+// servers), ChaCha20 (fast without it), then the CCM pair that constrained devices carry.
+// TLS_AES_256_GCM_SHA384 is left out: an external PSK is bound to SHA-256.
+var tls13Suites = []*suite{
+	{id: TLS_AES_128_GCM_SHA256, name: "TLS_AES_128_GCM_SHA256", prot: protGCM, keyLen: 16, ivLen: 12, prfHash: sha256.New, tls13: true},
+	{id: TLS_CHACHA20_POLY1305_SHA256, name: "TLS_CHACHA20_POLY1305_SHA256", prot: protChaCha, keyLen: 32, ivLen: 12, prfHash: sha256.New, tls13: true},
+	{id: TLS_AES_128_CCM_SHA256, name: "TLS_AES_128_CCM_SHA256", prot: protCCM, keyLen: 16, ivLen: 12, prfHash: sha256.New, tls13: true},
+	{id: TLS_AES_128_CCM_8_SHA256, name: "TLS_AES_128_CCM_8_SHA256", prot: protCCM8, keyLen: 16, ivLen: 12, prfHash: sha256.New, tls13: true},
+}
+
+// defaultSuites is every suite, TLS 1.3 ones first; the order matters within a version only.
+var defaultSuites = append(slices.Clone(tls13Suites), allSuites...)
+
 func suiteByID(id uint16) *suite {
-	for _, s := range allSuites {
+	for _, s := range defaultSuites {
 		if s.id == id {
 			return s
 		}
@@ -79,11 +102,12 @@ func suiteByID(id uint16) *suite {
 }
 
 // DefaultSuites returns the suites a nil Config.Suites stands for, in the server's order
-// of preference: forward secrecy first (every ECDHE_PSK suite before every PSK suite), then
-// AEAD before CBC within each key exchange.
+// of preference: the TLS 1.3 suites, then for TLS 1.2 forward secrecy first (every
+// ECDHE_PSK suite before every PSK suite), then AEAD before CBC within each key exchange.
+// A list without any TLS 1.3 suite turns TLS 1.3 off; one without TLS 1.2 suites, TLS 1.2.
 func DefaultSuites() []uint16 {
-	ids := make([]uint16, len(allSuites))
-	for i, s := range allSuites {
+	ids := make([]uint16, len(defaultSuites))
+	for i, s := range defaultSuites {
 		ids[i] = s.id
 	}
 	return ids
@@ -100,7 +124,7 @@ func CipherSuiteName(id uint16) string {
 // resolveSuites turns a configured list into suites, refusing unknown and repeated ids.
 func resolveSuites(ids []uint16) ([]*suite, error) {
 	if ids == nil {
-		return allSuites, nil
+		return defaultSuites, nil
 	}
 	if len(ids) == 0 {
 		return nil, errors.New("config Suites is empty; leave it nil for the defaults (DefaultSuites)")
