@@ -14,14 +14,15 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/internal/config"
 )
 
 // pskKeyLen is the size of the keys psk add makes: 256 bits.
 const pskKeyLen = 32
 
 func pskCommand(stdout io.Writer) *cli.Command {
-	fileFlag := &cli.StringFlag{Name: "file", Usage: "the PSK `file` (what serve's --psk-file names)", Required: true, EnvVars: envFor("psk-file")}
-	formatFlag := &cli.StringFlag{Name: "psk-format", Value: "mosquitto", Usage: "syntax of the file: mosquitto or stunnel", EnvVars: envFor("psk-format")}
+	fileFlag := &cli.StringFlag{Name: "file", Usage: "the PSK `file` (what serve's --psk-file names)", Required: true, EnvVars: []string{config.EnvVar("psk-file")}}
+	formatFlag := &cli.StringFlag{Name: "psk-format", Value: "mosquitto", Usage: "syntax of the file: mosquitto or stunnel", EnvVars: []string{config.EnvVar("psk-format")}}
 	return &cli.Command{
 		Name:  "psk",
 		Usage: "manage the pre-shared keys of TLS-PSK devices",

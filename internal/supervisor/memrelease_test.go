@@ -1,8 +1,9 @@
-package main
+package supervisor
 
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,4 +84,22 @@ func TestMemRelease(t *testing.T) {
 			t.Fatal("run with quiet 0 did not return")
 		}
 	})
+}
+
+// lockedBuffer is the log the releaser writes while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	log strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.log.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.log.String()
 }
