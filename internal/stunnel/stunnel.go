@@ -444,32 +444,22 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 	if len(accepts) == 0 {
 		return skipService("no accept: the address to listen on")
 	}
-	for i, o := range accepts {
-		if i > 0 {
-			cv.untranslated(svc, o, "an mqtls listener has one address: add another listener for it")
-			continue
-		}
-		if strings.HasPrefix(o.value, "/") {
-			return skip(o, "mqtls listens on TCP and UDP addresses, not unix sockets")
-		}
-		l.Listen = stunnelAddr(o.value, "")
-		src("listen", o)
+	if strings.HasPrefix(accepts[0].value, "/") {
+		return skip(accepts[0], "mqtls listens on TCP and UDP addresses, not unix sockets")
 	}
+	o := cv.first(svc, accepts, "an mqtls listener has one address: add another listener for it")
+	l.Listen = stunnelAddr(o.value, "")
+	src("listen", o)
 	if len(connects) == 0 {
 		return skipService("no connect: the broker to forward to")
 	}
-	for i, o := range connects {
-		if i > 0 {
-			cv.untranslated(svc, o, "an mqtls listener has one upstream; stunnel's failover to the next connect is not carried over")
-			continue
-		}
-		if strings.HasPrefix(o.value, "/") {
-			l.Upstream = "unix:" + o.value
-		} else {
-			l.Upstream = stunnelAddr(o.value, "127.0.0.1") // stunnel: no host is localhost
-		}
-		src("upstream", o)
+	o = cv.first(svc, connects, "an mqtls listener has one upstream; stunnel's failover to the next connect is not carried over")
+	if strings.HasPrefix(o.value, "/") {
+		l.Upstream = "unix:" + o.value
+	} else {
+		l.Upstream = stunnelAddr(o.value, "127.0.0.1") // stunnel: no host is localhost
 	}
+	src("upstream", o)
 
 	// Server certificate and PSKs.
 	if cert != nil {
@@ -592,6 +582,14 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 		return skipService("the result does not validate: " + strings.Join(msgs, "; "))
 	}
 	return c, true
+}
+
+// first returns the first of opts, noting each further one as not translated, for why.
+func (cv *stunnelConverter) first(svc string, opts []stunnelOption, why string) stunnelOption {
+	for _, o := range opts[1:] {
+		cv.untranslated(svc, o, why)
+	}
+	return opts[0]
 }
 
 // own drops the options inherited from the global section when the service has its own.
