@@ -103,20 +103,8 @@ func (v *supervisor) start(sp config.ListenerSpec) (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch sp.Transport {
-	case "dtls":
-		ln, dtlsSrv, err := handshake.ListenDTLS(sp.Listen, handshake.DTLSConfig{TLS: mat.tls, PSK: mat.psk})
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: %w", sp.Name, err)
-		}
-		r.ln, pc.Handshaker = ln, dtlsSrv
-	default:
-		ln, err := net.Listen("tcp", sp.Listen)
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: %w", sp.Name, err)
-		}
-		r.ln = ln
-		pc.TrustProxyFrom = sp.ProxyFrom
+	if r.ln, err = bind(sp, mat, &pc); err != nil {
+		return nil, fmt.Errorf("listener %s: %w", sp.Name, err)
 	}
 	r.handshaker = pc.Handshaker
 	if r.srv, err = proxy.New(pc); err != nil {
@@ -137,6 +125,26 @@ func (v *supervisor) start(sp config.ListenerSpec) (*running, error) {
 		}
 	}()
 	return r, nil
+}
+
+// bind opens sp's socket, and completes pc for that kind of listener. It is the one place
+// where kinds of listener differ once their material is loaded: a new kind adds its
+// Transport value in config.BuildListener, its case here, and (when its socket cannot
+// change in place) its condition in reconfigure's restart case.
+func bind(sp config.ListenerSpec, mat *material, pc *proxy.Config) (net.Listener, error) {
+	switch sp.Transport {
+	case "dtls":
+		// pion builds the handshake into its listener, so the server's handshaker is its.
+		ln, dtlsSrv, err := handshake.ListenDTLS(sp.Listen, handshake.DTLSConfig{TLS: mat.tls, PSK: mat.psk})
+		if err != nil {
+			return nil, err
+		}
+		pc.Handshaker = dtlsSrv
+		return ln, nil
+	default:
+		pc.TrustProxyFrom = sp.ProxyFrom
+		return net.Listen("tcp", sp.Listen)
+	}
 }
 
 func (v *supervisor) proxyConfig(sp config.ListenerSpec, mat *material) (proxy.Config, error) {
