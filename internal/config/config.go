@@ -558,7 +558,7 @@ var yamlTypes = map[string]string{
 
 var (
 	yamlUnknownField = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
-	yamlTypeName     = regexp.MustCompile(`into config\.(\w+)`)
+	yamlTypeName     = regexp.MustCompile(`into (\[\])?config\.(\w+)`)
 )
 
 // yamlMessage is a decoding error of yaml.v3 in the config file's terms: "unknown key
@@ -577,10 +577,17 @@ func yamlMessage(err error) string {
 		return "unknown key " + sub[1] + " in " + where
 	})
 	return yamlTypeName.ReplaceAllStringFunc(msg, func(m string) string {
-		if where, ok := yamlTypes[yamlTypeName.FindStringSubmatch(m)[1]]; ok {
-			return "into " + where
+		sub := yamlTypeName.FindStringSubmatch(m)
+		where, ok := yamlTypes[sub[2]]
+		switch {
+		case !ok:
+			return m
+		case sub[1] != "" && sub[2] == "Listener":
+			return "into the list of listeners"
+		case sub[1] != "":
+			return "into a list of " + where
 		}
-		return m
+		return "into " + where
 	})
 }
 

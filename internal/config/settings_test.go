@@ -92,3 +92,18 @@ func TestFlagMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestYAMLMessages: a decoding error speaks of keys and sections, never of Go types.
+func TestYAMLMessages(t *testing.T) {
+	for _, tc := range []struct{ file, want string }{
+		{"listeners: 5\n", "line 1: cannot unmarshal !!int `5` into the list of listeners"},
+		{"listeners: [{tls: {client_cert: x}}]\n", "unknown key client_cert in tls"},
+		{"admin: 5\n", "into admin"},
+		{"frob: 1\n", "unknown key frob at the top level"},
+	} {
+		_, err := Parse("t.yaml", []byte(tc.file))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "config.") {
+			t.Errorf("%q: %v, want %q and no Go type", tc.file, err, tc.want)
+		}
+	}
+}
