@@ -3,11 +3,12 @@ package supervisor
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/mqtls/mqtls/internal/logbuf"
 )
 
 // TestMemRelease: memory is returned once after a burst of handshakes has gone quiet, not
@@ -15,8 +16,8 @@ import (
 func TestMemRelease(t *testing.T) {
 	const quiet = 100 * time.Millisecond
 	const msg = "burst of handshakes over"
-	start := func(t *testing.T) (*memRelease, *lockedBuffer) {
-		var out lockedBuffer
+	start := func(t *testing.T) (*memRelease, *logbuf.Buffer) {
+		var out logbuf.Buffer
 		r := &memRelease{}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -25,7 +26,7 @@ func TestMemRelease(t *testing.T) {
 		return r, &out
 	}
 	// waitLines polls the log for up to d (the releaser says nothing else to wait on).
-	waitLines := func(out *lockedBuffer, want int, d time.Duration) int {
+	waitLines := func(out *logbuf.Buffer, want int, d time.Duration) int {
 		deadline := time.Now().Add(d)
 		for {
 			n := strings.Count(out.String(), msg)
@@ -84,22 +85,4 @@ func TestMemRelease(t *testing.T) {
 			t.Fatal("run with quiet 0 did not return")
 		}
 	})
-}
-
-// lockedBuffer is the log the releaser writes while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	log strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.log.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.log.String()
 }
