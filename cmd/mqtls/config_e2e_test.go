@@ -14,7 +14,6 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"github.com/pires/go-proxyproto/tlvparse"
 
 	"github.com/mqtls/mqtls/handshake/tlspsk"
+	"github.com/mqtls/mqtls/internal/config"
 )
 
 // TestConfigListenersWithOwnPolicies serves three listeners from one file against one
@@ -188,7 +188,7 @@ func TestConfigErrors(t *testing.T) {
 	t.Run("port 0 twice is not a duplicate", func(t *testing.T) {
 		l := strings.Replace(listener, "8883", "0", 1)
 		file := "listeners:\n" + l + strings.Replace(l, "name: a", "name: b", 1)
-		if _, err := parseConfigFile("port0.yaml", []byte(file)); err != nil {
+		if _, err := config.Parse("port0.yaml", []byte(file)); err != nil {
 			t.Errorf("two listeners on 127.0.0.1:0: %v, want no error", err)
 		}
 	})
@@ -622,25 +622,4 @@ listeners:
 			"listener": "untrusted", "outcome": "handshake_failed", "reason": "not_tls",
 		})
 	})
-}
-
-// TestYAMLTypesNamed: every struct of the config file has a name for decoding errors, so
-// no message shows a Go type ("main.tlsFile") to the operator.
-func TestYAMLTypesNamed(t *testing.T) {
-	var walk func(reflect.Type)
-	walk = func(typ reflect.Type) {
-		for typ.Kind() == reflect.Slice {
-			typ = typ.Elem()
-		}
-		if typ.Kind() != reflect.Struct {
-			return
-		}
-		if _, ok := yamlTypes[typ.Name()]; !ok {
-			t.Errorf("yamlTypes has no name for %s", typ.Name())
-		}
-		for i := range typ.NumField() {
-			walk(typ.Field(i).Type)
-		}
-	}
-	walk(reflect.TypeOf(fileConfig{}))
 }

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"os"
-	"regexp"
-	"slices"
 	"strings"
 	"testing"
 
@@ -56,48 +53,5 @@ func TestExpiryWarning(t *testing.T) {
 	s2.stop(t)
 	if n := s2.logs.count(func(l string) bool { return strings.Contains(l, "expires soon") || strings.Contains(l, "due soon") }); n != 0 {
 		t.Errorf("%d expiry warnings with a one-hour window for certificates valid for a day:\n%s", n, s2.logs)
-	}
-}
-
-// TestReadmeMetrics keeps the README's metric names (the operations table and the sample
-// alert) in step with what /metrics serves.
-func TestReadmeMetrics(t *testing.T) {
-	data, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	readme := string(data)
-	m := newMetrics()
-	m.active.WithLabelValues("tcp") // vectors are listed once they have a series
-	m.connections.WithLabelValues("tcp", "forwarded")
-	m.refused.WithLabelValues("tcp", "max_connections")
-	m.handshakeErr.WithLabelValues("tcp", "not_tls")
-	m.handshakeDur.WithLabelValues("mtls")
-	m.decisions.WithLabelValues("tcp", "forwarded", "")
-	m.bytes.WithLabelValues("tcp", "in")
-	m.dialFailures.WithLabelValues("tcp")
-	m.reloads.WithLabelValues("f", "ok")
-	m.expiry.WithLabelValues("f", "server", "s")
-	families, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var served []string
-	for _, f := range families {
-		served = append(served, f.GetName())
-	}
-	mentioned := regexp.MustCompile(`mqtls_[a-z_]+`).FindAllString(readme, -1)
-	if len(mentioned) == 0 {
-		t.Fatal("README.md names no metric")
-	}
-	for _, name := range mentioned {
-		if !slices.Contains(served, name) {
-			t.Errorf("README.md names metric %s, which /metrics does not serve", name)
-		}
-	}
-	for _, name := range served {
-		if strings.HasPrefix(name, "mqtls_") && !slices.Contains(mentioned, name) {
-			t.Errorf("metric %s is missing from README.md", name)
-		}
 	}
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/mqtls/mqtls/handshake/handshaketest"
 	"github.com/mqtls/mqtls/handshake/tlspsk"
+	"github.com/mqtls/mqtls/internal/logbuf"
 )
 
 // installHint is what a developer runs when a peer binary the tests need is missing.
@@ -619,22 +620,7 @@ type subscriber struct {
 	err  error
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = logbuf.Buffer
 
 // sub starts mosquitto_sub printing "topic payload" lines and exiting after count messages.
 // The caller waits for the broker's SUBACK (b.waitLog(t, "Sending SUBACK to "+id)) before

@@ -2,9 +2,12 @@
 // mutual TLS and TLS-PSK sessions, binds the identity the handshake proved to the MQTT
 // client ID and user name, and pipes the session to an unmodified broker.
 //
-// This package turns flags and environment variables into the plain config structs of
-// handshake, policy and proxy, validates them, and runs. It holds no globals but the
-// version stamped at build time.
+// This package is the command line only: its commands (serve, check, convert, psk,
+// version), their flags, and the wiring from them to the packages that do the work:
+// internal/config (every setting: flags, config file, validation), internal/supervisor
+// (running listeners, reload, drain), internal/admin (metrics and the admin endpoints),
+// internal/stunnel (convert stunnel) and internal/pskfile (psk add, psk list). It holds no
+// globals but the version stamped at build time.
 package main
 
 import (

@@ -1,27 +1,20 @@
 package main
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"strings"
-	"unicode"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/internal/config"
+	"github.com/mqtls/mqtls/internal/pskfile"
 )
 
-// pskKeyLen is the size of the keys psk add makes: 256 bits.
-const pskKeyLen = 32
-
+// pskCommand manages a PSK file: psk add and psk list.
 func pskCommand(stdout io.Writer) *cli.Command {
-	fileFlag := &cli.StringFlag{Name: "file", Usage: "the PSK `file` (what serve's --psk-file names)", Required: true, EnvVars: envFor("psk-file")}
-	formatFlag := &cli.StringFlag{Name: "psk-format", Value: "mosquitto", Usage: "syntax of the file: mosquitto or stunnel", EnvVars: envFor("psk-format")}
+	fileFlag := &cli.StringFlag{Name: "file", Usage: "the PSK `file` (what serve's --psk-file names)", Required: true, EnvVars: []string{config.EnvVar("psk-file")}}
+	formatFlag := &cli.StringFlag{Name: "psk-format", Value: "mosquitto", Usage: "syntax of the file: mosquitto or stunnel", EnvVars: []string{config.EnvVar("psk-format")}}
 	return &cli.Command{
 		Name:  "psk",
 		Usage: "manage the pre-shared keys of TLS-PSK devices",
@@ -35,7 +28,7 @@ func pskCommand(stdout io.Writer) *cli.Command {
 					if c.NArg() != 1 {
 						return errors.New("psk add takes exactly one argument: the device's identity")
 					}
-					return pskAdd(stdout, c.String("file"), c.String("psk-format"), c.Args().First())
+					return pskfile.Add(stdout, c.String("file"), c.String("psk-format"), c.Args().First())
 				},
 			},
 			{
@@ -43,7 +36,7 @@ func pskCommand(stdout io.Writer) *cli.Command {
 				Usage: "print the identities in the file, one per line (never the keys)",
 				Flags: []cli.Flag{fileFlag, formatFlag},
 				Action: func(c *cli.Context) error {
-					store, err := loadPSKs(c.String("file"), c.String("psk-format"))
+					store, err := pskfile.Load(c.String("file"), c.String("psk-format"))
 					if err != nil {
 						return err
 					}
@@ -57,86 +50,4 @@ func pskCommand(stdout io.Writer) *cli.Command {
 			},
 		},
 	}
-}
-
-func loadPSKs(file, format string) (*handshake.PSKStore, error) {
-	f, err := handshake.ParsePSKFormat(format)
-	if err != nil {
-		return nil, fmt.Errorf("--psk-format: %w", err)
-	}
-	return handshake.LoadPSKFile(file, f)
-}
-
-// pskAdd appends a fresh key for identity to file. The file must parse before the line is
-// added, so a typo elsewhere is found now rather than at the next serve.
-func pskAdd(stdout io.Writer, file, format, identity string) error {
-	if err := validPSKIdentity(identity); err != nil {
-		return err
-	}
-	store, err := loadPSKs(file, format)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		store = &handshake.PSKStore{}
-	case err != nil:
-		return err
-	}
-	if _, ok := store.Lookup(identity); ok {
-		return fmt.Errorf("identity %q is already in %s: remove its line first to give it a new key", identity, file)
-	}
-	key := make([]byte, pskKeyLen)
-	if _, err := rand.Read(key); err != nil {
-		return fmt.Errorf("making a key: %w", err)
-	}
-	hexKey := hex.EncodeToString(key)
-
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("opening PSK file: %w", err)
-	}
-	line := identity + ":" + hexKey + "\n"
-	if fi, err := f.Stat(); err == nil && fi.Size() > 0 && !endsWithNewline(file, fi.Size()) {
-		line = "\n" + line
-	}
-	if _, err := f.WriteString(line); err != nil {
-		f.Close()
-		return fmt.Errorf("writing PSK file %s: %w", file, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing PSK file %s: %w", file, err)
-	}
-	// A hex key is read the same way in both formats, so the device's side is the same.
-	_, err = fmt.Fprintf(stdout, "added %s to %s\ndevice side: mosquitto_pub --psk %s --psk-identity %s ...\n",
-		identity, file, hexKey, identity)
-	return err
-}
-
-// validPSKIdentity refuses identities that cannot be written as one line of a PSK file or
-// sent in a ClientKeyExchange.
-func validPSKIdentity(id string) error {
-	switch {
-	case id == "":
-		return errors.New("the identity is empty")
-	case len(id) > 128:
-		return fmt.Errorf("the identity is %d bytes; RFC 4279 allows 128", len(id))
-	case strings.ContainsRune(id, ':'):
-		return fmt.Errorf("identity %q contains ':', which separates identity and key in the file", id)
-	case strings.HasPrefix(id, "#"):
-		return fmt.Errorf("identity %q starts with '#', which marks a comment in the file", id)
-	case strings.IndexFunc(id, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
-		return fmt.Errorf("identity %q contains white space or a control character", id)
-	}
-	return nil
-}
-
-func endsWithNewline(file string, size int64) bool {
-	f, err := os.Open(file)
-	if err != nil {
-		return true
-	}
-	defer f.Close()
-	var b [1]byte
-	if _, err := f.ReadAt(b[:], size-1); err != nil {
-		return true
-	}
-	return b[0] == '\n'
 }

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/mqtls/mqtls/internal/leakcheck"
+	"github.com/mqtls/mqtls/internal/logbuf"
 )
 
 // TestRun runs the example end to end and checks that the story it tells is the one the
@@ -64,21 +64,6 @@ func TestRunCancelled(t *testing.T) {
 	leakcheck.Check(t, before)
 }
 
-// syncBuffer is a bytes.Buffer that mqtls and the broker may log to concurrently, even
-// after the test has returned.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is what mqtls and the broker log to, concurrently, even after the test
+// has returned.
+type syncBuffer = logbuf.Buffer

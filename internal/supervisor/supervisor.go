@@ -1,4 +1,4 @@
-package main
+package supervisor
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"reflect"
 	"sync"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/internal/admin"
+	"github.com/mqtls/mqtls/internal/config"
 	"github.com/mqtls/mqtls/policy"
 	"github.com/mqtls/mqtls/proxy"
 )
@@ -28,24 +31,24 @@ type material struct {
 
 // loadMaterial loads the files sp names. A DTLS listener gets a DTLS listener socket too,
 // since pion builds the handshake into its listener.
-func loadMaterial(sp listenerSpec, shared *material) (*material, error) {
+func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
 	m := &material{}
 	if shared != nil {
 		m.tls, m.psk = shared.tls, shared.psk
 	} else {
-		if sp.tls.CertFile != "" {
+		if sp.TLS.CertFile != "" {
 			var err error
-			if m.tls, err = handshake.NewTLSServer(sp.tls); err != nil {
-				return nil, fmt.Errorf("listener %s: %s/%s: %w", sp.name, sp.key("tls.cert"), sp.key("tls.client_ca"), err)
+			if m.tls, err = handshake.NewTLSServer(sp.TLS); err != nil {
+				return nil, fmt.Errorf("listener %s: %s/%s: %w", sp.Name, sp.Key("tls.cert"), sp.Key("tls.client_ca"), err)
 			}
 		}
-		if sp.pskFile != "" {
-			store, err := handshake.LoadPSKFile(sp.pskFile, sp.pskFormat)
+		if sp.PSKFile != "" {
+			store, err := handshake.LoadPSKFile(sp.PSKFile, sp.PSKFormat)
 			if err != nil {
-				return nil, fmt.Errorf("listener %s: %s: %w", sp.name, sp.key("psk.file"), err)
+				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, sp.Key("psk.file"), err)
 			}
-			if m.psk, err = handshake.NewPSKServer(store, sp.pskHint); err != nil {
-				return nil, fmt.Errorf("listener %s: %s: %w", sp.name, sp.key("psk.hint"), err)
+			if m.psk, err = handshake.NewPSKServer(store, sp.PSKHint); err != nil {
+				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, sp.Key("psk.hint"), err)
 			}
 		}
 	}
@@ -62,7 +65,7 @@ func loadMaterial(sp listenerSpec, shared *material) (*material, error) {
 
 // running is one serving listener.
 type running struct {
-	spec listenerSpec
+	spec config.ListenerSpec
 	mat  *material
 	// handshaker is the one the server uses: mat's, or for DTLS the one pion's listener
 	// was built with.
@@ -86,10 +89,10 @@ type supervisor struct {
 }
 
 // start builds, binds and serves sp.
-func (v *supervisor) start(sp listenerSpec) (*running, error) {
+func (v *supervisor) start(sp config.ListenerSpec) (*running, error) {
 	var shared *material
-	if sp.shareWith != "" {
-		shared = v.find(sp.shareWith).mat
+	if sp.ShareWith != "" {
+		shared = v.find(sp.ShareWith).mat
 	}
 	mat, err := loadMaterial(sp, shared)
 	if err != nil {
@@ -100,20 +103,8 @@ func (v *supervisor) start(sp listenerSpec) (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch sp.transport {
-	case "dtls":
-		ln, dtlsSrv, err := handshake.ListenDTLS(sp.listen, handshake.DTLSConfig{TLS: mat.tls, PSK: mat.psk})
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: %w", sp.name, err)
-		}
-		r.ln, pc.Handshaker = ln, dtlsSrv
-	default:
-		ln, err := net.Listen("tcp", sp.listen)
-		if err != nil {
-			return nil, fmt.Errorf("listener %s: %w", sp.name, err)
-		}
-		r.ln = ln
-		pc.TrustProxyFrom = sp.proxyFrom
+	if r.ln, err = bind(sp, mat, &pc); err != nil {
+		return nil, fmt.Errorf("listener %s: %w", sp.Name, err)
 	}
 	r.handshaker = pc.Handshaker
 	if r.srv, err = proxy.New(pc); err != nil {
@@ -128,7 +119,7 @@ func (v *supervisor) start(sp listenerSpec) (*running, error) {
 		r.done <- err
 		if !errors.Is(err, proxy.ErrServerClosed) {
 			select {
-			case v.fail <- fmt.Errorf("listener %s: %w", sp.name, err):
+			case v.fail <- fmt.Errorf("listener %s: %w", sp.Name, err):
 			default:
 			}
 		}
@@ -136,14 +127,34 @@ func (v *supervisor) start(sp listenerSpec) (*running, error) {
 	return r, nil
 }
 
-func (v *supervisor) proxyConfig(sp listenerSpec, mat *material) (proxy.Config, error) {
-	pol, err := policy.New(sp.policy)
-	if err != nil {
-		return proxy.Config{}, fmt.Errorf("listener %s: %w", sp.name, err)
+// bind opens sp's socket, and completes pc for that kind of listener. It is the one place
+// where kinds of listener differ once their material is loaded: a new kind adds its
+// Transport value in config.BuildListener, its case here, and (when its socket cannot
+// change in place) its condition in reconfigure's restart case.
+func bind(sp config.ListenerSpec, mat *material, pc *proxy.Config) (net.Listener, error) {
+	switch sp.Transport {
+	case "dtls":
+		// pion builds the handshake into its listener, so the server's handshaker is its.
+		ln, dtlsSrv, err := handshake.ListenDTLS(sp.Listen, handshake.DTLSConfig{TLS: mat.tls, PSK: mat.psk})
+		if err != nil {
+			return nil, err
+		}
+		pc.Handshaker = dtlsSrv
+		return ln, nil
+	default:
+		pc.TrustProxyFrom = sp.ProxyFrom
+		return net.Listen("tcp", sp.Listen)
 	}
-	pc := sp.proxy
+}
+
+func (v *supervisor) proxyConfig(sp config.ListenerSpec, mat *material) (proxy.Config, error) {
+	pol, err := policy.New(sp.Policy)
+	if err != nil {
+		return proxy.Config{}, fmt.Errorf("listener %s: %w", sp.Name, err)
+	}
+	pc := sp.Proxy
 	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = mat.handshaker, pol, v.log, v.hooks
-	pc.SendProxyHeader = sp.sendProxy
+	pc.SendProxyHeader = sp.SendProxy
 	return pc, nil
 }
 
@@ -151,7 +162,7 @@ func (v *supervisor) find(name string) *running {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, r := range v.listeners {
-		if r.spec.name == name {
+		if r.spec.Name == name {
 			return r
 		}
 	}
@@ -168,36 +179,36 @@ func (v *supervisor) all() []*running {
 // drain), new ones start, changed ones take the new configuration for new connections
 // while their sessions carry on. A listener whose address or transport changed is
 // restarted.
-func (v *supervisor) reconfigure(specs []listenerSpec, drain time.Duration) error {
+func (v *supervisor) reconfigure(specs []config.ListenerSpec, drain time.Duration) error {
 	var errs []error
 	keep := map[string]bool{}
 	for _, sp := range specs {
-		keep[sp.name] = true
-		old := v.find(sp.name)
+		keep[sp.Name] = true
+		old := v.find(sp.Name)
 		switch {
 		case old == nil:
 			if _, err := v.start(sp); err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			v.log.Info().Str("listener", sp.name).Msg("listener added")
+			v.log.Info().Str("listener", sp.Name).Msg("listener added")
 		case reflect.DeepEqual(old.spec, sp):
-		case old.spec.listen != sp.listen || old.spec.transport != sp.transport || !reflect.DeepEqual(old.spec.proxyFrom, sp.proxyFrom):
+		case old.spec.Listen != sp.Listen || old.spec.Transport != sp.Transport || !reflect.DeepEqual(old.spec.ProxyFrom, sp.ProxyFrom):
 			v.stop(old, drain)
 			if _, err := v.start(sp); err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			v.log.Info().Str("listener", sp.name).Msg("listener restarted on its new address")
+			v.log.Info().Str("listener", sp.Name).Msg("listener restarted on its new address")
 		default:
 			var mat *material
 			var err error
-			sameFiles := reflect.DeepEqual(old.spec.tls, sp.tls) && old.spec.pskFile == sp.pskFile &&
-				old.spec.pskFormat == sp.pskFormat && old.spec.pskHint == sp.pskHint
+			sameFiles := reflect.DeepEqual(old.spec.TLS, sp.TLS) && old.spec.PSKFile == sp.PSKFile &&
+				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint
 			switch {
-			case sp.transport == "dtls" && !sameFiles:
+			case sp.Transport == "dtls" && !sameFiles:
 				// pion builds the handshake into its listener: new files need a new one.
-				err = fmt.Errorf("listener %s: a DTLS listener's certificate, CA or PSK settings change only with a restart of the listener; change its address or restart mqtls", sp.name)
+				err = fmt.Errorf("listener %s: a DTLS listener's certificate, CA or PSK settings change only with a restart of the listener; change its address or restart mqtls", sp.Name)
 			case sameFiles:
 				mat = old.mat // the files are watched and reloaded on their own
 			default:
@@ -208,7 +219,7 @@ func (v *supervisor) reconfigure(specs []listenerSpec, drain time.Duration) erro
 				continue
 			}
 			pc, err := v.proxyConfig(sp, mat)
-			if sp.transport == "dtls" {
+			if sp.Transport == "dtls" {
 				pc.Handshaker = old.handshaker
 			}
 			if err == nil {
@@ -221,13 +232,13 @@ func (v *supervisor) reconfigure(specs []listenerSpec, drain time.Duration) erro
 			v.mu.Lock()
 			old.spec, old.mat, old.handshaker = sp, mat, pc.Handshaker
 			v.mu.Unlock()
-			v.log.Info().Str("listener", sp.name).Msg("listener updated")
+			v.log.Info().Str("listener", sp.Name).Msg("listener updated")
 		}
 	}
 	for _, r := range v.all() {
-		if !keep[r.spec.name] {
+		if !keep[r.spec.Name] {
 			v.stop(r, drain)
-			v.log.Info().Str("listener", r.spec.name).Msg("listener removed")
+			v.log.Info().Str("listener", r.spec.Name).Msg("listener removed")
 		}
 	}
 	return errors.Join(errs...)
@@ -249,18 +260,28 @@ func (v *supervisor) stop(r *running, drain time.Duration) {
 	<-r.done
 }
 
-// serve runs the listeners until ctx is cancelled, then drains them: /readyz turns false
+// Options are what Serve needs besides the configuration.
+type Options struct {
+	Stdout io.Writer // logs
+	// Hup asks for a reload of the config file and of every certificate, CA, CRL and PSK
+	// file (SIGHUP); HardStop ends the drain at once (a second SIGTERM or SIGINT). A nil
+	// channel never fires.
+	Hup, HardStop <-chan struct{}
+	Version       string // for the start-up line
+}
+
+// Serve runs the listeners until ctx is cancelled, then drains them: /readyz turns false
 // at once, the listeners stop accepting, and sessions get the drain timeout to end (or
-// less, if sig.hardStop fires: a second SIGTERM).
-func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) error {
-	log := newLogger(stdout, cfg.logFormat, cfg.logLevel)
-	if err := proxy.SetBusyPoll(cfg.busyPoll); err != nil {
+// less, if opts.HardStop fires: a second SIGTERM).
+func Serve(ctx context.Context, cfg config.Config, opts Options) error {
+	log := newLogger(opts.Stdout, cfg.LogFormat, cfg.LogLevel)
+	if err := proxy.SetBusyPoll(cfg.BusyPoll); err != nil {
 		return err
 	}
 	defer proxy.SetBusyPoll(0)
-	m := newMetrics()
-	ready := &readiness{interval: readyInterval}
-	hooks := m.hooks()
+	m := admin.NewMetrics()
+	ready := &admin.Readiness{Interval: admin.ReadyInterval}
+	hooks := m.Hooks()
 	mem := &memRelease{}
 	shook := hooks.Handshake
 	hooks.Handshake = func(l, kind, reason string, took time.Duration) {
@@ -271,7 +292,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) 
 	hooks.UpstreamDial = func(l string, err error) {
 		dialed(l, err)
 		if err == nil {
-			ready.upstreamOK.Store(time.Now().UnixNano())
+			ready.UpstreamOK.Store(time.Now().UnixNano())
 		}
 	}
 	v := &supervisor{log: log, hooks: hooks, fail: make(chan error, 1)}
@@ -280,7 +301,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) 
 			r.ln.Close()
 		}
 	}()
-	for _, sp := range cfg.listeners {
+	for _, sp := range cfg.Listeners {
 		if _, err := v.start(sp); err != nil {
 			// Stop what already started: nothing serves half a configuration.
 			for _, r := range v.all() {
@@ -290,17 +311,17 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) 
 		}
 	}
 
-	var admin *http.Server
+	var adminSrv *http.Server
 	var adminLn net.Listener
-	if cfg.admin.listen != "" {
+	if cfg.Admin.Listen != "" {
 		var err error
-		if adminLn, err = net.Listen("tcp", cfg.admin.listen); err != nil {
+		if adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
 			for _, r := range v.all() {
 				v.stop(r, 0)
 			}
 			return fmt.Errorf("%w: %w", errAdminListen, err)
 		}
-		admin = adminServer(m, ready, cfg.admin.pprof)
+		adminSrv = admin.NewServer(m, ready, cfg.Admin.Pprof)
 	}
 
 	bg, stopBG := context.WithCancel(context.Background())
@@ -312,42 +333,42 @@ func serve(ctx context.Context, cfg serveConfig, stdout io.Writer, sig signals) 
 	bgDone.Add(1)
 	go func() {
 		defer bgDone.Done()
-		mem.run(bg, cfg.memRelease, log)
+		mem.run(bg, cfg.MemRelease, log)
 	}()
-	rl := &reloader{log: log, m: m, sup: v, revokeTerminates: cfg.admin.revokeTerminates}
+	rl := &reloader{log: log, m: m, sup: v, revokeTerminates: cfg.Admin.RevokeTerminates}
 	rl.snapshot()
 	hup := make(chan struct{}, 1)
 	bgDone.Add(1)
 	go func() {
 		defer bgDone.Done()
-		rl.run(bg, cfg.admin.reloadInterval, hup, cfg.admin.expiryWarning)
+		rl.run(bg, cfg.Admin.ReloadInterval, hup, cfg.Admin.ExpiryWarning)
 	}()
 
 	for _, r := range v.all() {
-		ev := log.Info().Str("version", version).Str("listener", r.spec.name).Str("transport", r.spec.transport).
-			Str("upstream", r.spec.proxy.Upstream).Str("client_id", r.spec.policy.ClientID.String()).
-			Str("identity", r.spec.policy.Identity)
+		ev := log.Info().Str("version", opts.Version).Str("listener", r.spec.Name).Str("transport", r.spec.Transport).
+			Str("upstream", r.spec.Proxy.Upstream).Str("client_id", r.spec.Policy.ClientID.String()).
+			Str("identity", r.spec.Policy.Identity)
 		if r.mat.tls != nil {
-			ev = ev.Str("client_auth", r.spec.tls.ClientAuth.String())
+			ev = ev.Str("client_auth", r.spec.TLS.ClientAuth.String())
 		}
 		if r.mat.psk != nil {
-			ev = ev.Str("psk_file", r.spec.pskFile).Int("psk_identities", r.mat.psk.Store().Len())
+			ev = ev.Str("psk_file", r.spec.PSKFile).Int("psk_identities", r.mat.psk.Store().Len())
 		}
 		ev.Msg("starting")
 	}
-	ready.bound.Store(true)
+	ready.Bound.Store(true)
 	adminErr := make(chan error, 1)
-	if admin != nil {
+	if adminSrv != nil {
 		log.Info().Str("addr", adminLn.Addr().String()).Msg("admin listening")
 		go func() {
-			if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			if err := adminSrv.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
 				adminErr <- fmt.Errorf("%w: %w", errAdminListen, err)
 			}
 		}()
 		bgDone.Add(1)
 		go func() {
 			defer bgDone.Done()
-			ready.probeUpstream(bg, cfg.listeners[0].proxy.Upstream, orDefault(cfg.listeners[0].proxy.DialTimeout, proxy.DefaultDialTimeout))
+			ready.ProbeUpstream(bg, cfg.Listeners[0].Proxy.Upstream, orDefault(cfg.Listeners[0].Proxy.DialTimeout, proxy.DefaultDialTimeout))
 		}()
 	}
 
@@ -361,13 +382,13 @@ wait:
 		case err := <-v.fail:
 			failed = err
 			break wait
-		case <-sig.hup:
-			if cfg.configFile != "" {
-				if next, err := loadConfigFile(cfg.configFile); err != nil {
+		case <-opts.Hup:
+			if cfg.ConfigFile != "" {
+				if next, err := config.Load(cfg.ConfigFile); err != nil {
 					log.Error().Err(err).Msg("config reload failed: keeping the running configuration")
 				} else {
-					cfg.busyPoll = applyTopLevel(log, cfg, next)
-					if err := v.reconfigure(next.listeners, cfg.drainTimeout); err != nil {
+					cfg.BusyPoll = applyTopLevel(log, cfg, next)
+					if err := v.reconfigure(next.Listeners, cfg.DrainTimeout); err != nil {
 						log.Error().Err(err).Msg("config reload partly failed")
 					}
 				}
@@ -381,13 +402,13 @@ wait:
 			break wait
 		}
 	}
-	ready.draining.Store(true)
-	log.Info().Dur("drain_timeout", cfg.drainTimeout).Msg("shutting down: draining connections")
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
+	ready.Draining.Store(true)
+	log.Info().Dur("drain_timeout", cfg.DrainTimeout).Msg("shutting down: draining connections")
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
 	go func() {
 		select {
-		case <-sig.hardStop:
+		case <-opts.HardStop:
 			log.Info().Msg("second signal: closing all connections now")
 			cancel()
 		case <-dctx.Done():
@@ -406,12 +427,15 @@ wait:
 	for _, r := range listeners {
 		<-r.done
 	}
-	if admin != nil {
-		admin.Close()
+	if adminSrv != nil {
+		adminSrv.Close()
 	}
 	log.Info().Msg("stopped")
 	return failed
 }
+
+// errAdminListen wraps a failure to bind the admin address.
+var errAdminListen = errors.New("--admin-listen")
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
@@ -423,13 +447,13 @@ func orDefault(d, def time.Duration) time.Duration {
 // applyTopLevel applies a reloaded file's top-level settings that can change while mqtls
 // runs (busy_poll), and names those that wait for a restart, rather than ignore them
 // silently. It returns the busy poll in force.
-func applyTopLevel(log zerolog.Logger, cfg, next serveConfig) time.Duration {
-	busy := cfg.busyPoll
-	if next.busyPoll != busy {
-		if err := proxy.SetBusyPoll(next.busyPoll); err != nil {
+func applyTopLevel(log zerolog.Logger, cfg, next config.Config) time.Duration {
+	busy := cfg.BusyPoll
+	if next.BusyPoll != busy {
+		if err := proxy.SetBusyPoll(next.BusyPoll); err != nil {
 			log.Error().Err(err).Msg("config reload: keeping the running busy_poll")
 		} else {
-			busy = next.busyPoll
+			busy = next.BusyPoll
 			log.Info().Dur("busy_poll", busy).Msg("busy poll changed")
 		}
 	}
@@ -438,10 +462,10 @@ func applyTopLevel(log zerolog.Logger, cfg, next serveConfig) time.Duration {
 		key     string
 		changed bool
 	}{
-		{"drain_timeout", next.drainTimeout != cfg.drainTimeout},
-		{"memory_release_after", next.memRelease != cfg.memRelease},
-		{"log", next.logFormat != cfg.logFormat || next.logLevel != cfg.logLevel},
-		{"admin", next.admin != cfg.admin},
+		{"drain_timeout", next.DrainTimeout != cfg.DrainTimeout},
+		{"memory_release_after", next.MemRelease != cfg.MemRelease},
+		{"log", next.LogFormat != cfg.LogFormat || next.LogLevel != cfg.LogLevel},
+		{"admin", next.Admin != cfg.Admin},
 	} {
 		if k.changed {
 			later = append(later, k.key)
@@ -451,4 +475,20 @@ func applyTopLevel(log zerolog.Logger, cfg, next serveConfig) time.Duration {
 		log.Warn().Strs("keys", later).Msg("config reload: these settings take effect when mqtls restarts")
 	}
 	return busy
+}
+
+func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger()
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -1,101 +1,24 @@
-package main
+package supervisor
 
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
-	"fmt"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/internal/admin"
 )
-
-// readiness is what /readyz reports: listeners bound, not draining, and the broker reached
-// recently (by a session's dial or by the probe).
-type readiness struct {
-	bound      atomic.Bool
-	draining   atomic.Bool
-	upstreamOK atomic.Int64 // Unix nanoseconds of the last successful dial
-	interval   time.Duration
-}
-
-func (r *readiness) ready(now time.Time) (bool, string) {
-	switch {
-	case !r.bound.Load():
-		return false, "listeners not bound"
-	case r.draining.Load():
-		return false, "draining"
-	case now.Sub(time.Unix(0, r.upstreamOK.Load())) > 2*r.interval:
-		return false, "upstream not reached in the last " + (2 * r.interval).String()
-	}
-	return true, "ready"
-}
-
-// probeUpstream dials the broker every interval unless a session did so since, so /readyz
-// knows the broker is reachable even when no device connects.
-func (r *readiness) probeUpstream(ctx context.Context, upstream string, dialTimeout time.Duration) {
-	network, addr := "tcp", upstream
-	if p, ok := strings.CutPrefix(upstream, "unix:"); ok {
-		network, addr = "unix", p
-	}
-	t := time.NewTicker(r.interval / 2)
-	defer t.Stop()
-	for {
-		if time.Since(time.Unix(0, r.upstreamOK.Load())) >= r.interval/2 {
-			d := net.Dialer{Timeout: dialTimeout}
-			if c, err := d.DialContext(ctx, network, addr); err == nil {
-				c.Close()
-				r.upstreamOK.Store(time.Now().UnixNano())
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// adminServer serves /metrics, /healthz, /readyz and, when asked, /debug/pprof.
-func adminServer(m *metrics, r *readiness, pprofOn bool) *http.Server {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		ok, why := r.ready(time.Now())
-		if !ok {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		fmt.Fprintln(w, why)
-	})
-	if pprofOn {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-}
 
 // reloader re-reads certificate, CA, CRL and PSK files when they change (polled, which
 // also sees a Kubernetes Secret volume's ..data symlink swap) or on SIGHUP. A reload that
 // fails keeps the old material.
 type reloader struct {
 	log zerolog.Logger
-	m   *metrics
+	m   *admin.Metrics
 	sup *supervisor
 	// revokeTerminates closes sessions whose PSK was removed or certificate revoked.
 	revokeTerminates bool
@@ -211,7 +134,7 @@ func (r *reloader) reload(files []string, load func() error) bool {
 	}
 	// Counted before the line is logged, so that whoever reads the line finds it counted.
 	for _, f := range files {
-		r.m.reloads.WithLabelValues(f, result).Inc()
+		r.m.CountReload(f, result)
 	}
 	if err != nil {
 		// The message names the file (and line, for a PSK file); the old material stays.
@@ -237,8 +160,8 @@ func (r *reloader) publish() {
 			psks += p.Store().Len()
 		}
 	}
-	r.m.setFiles(r.files)
-	r.m.pskLoaded.Set(float64(psks))
+	r.m.SetFiles(r.files)
+	r.m.SetPSKIdentities(psks)
 }
 
 func (r *reloader) terminateRevoked() {
@@ -312,6 +235,3 @@ func (r *reloader) run(ctx context.Context, interval time.Duration, hup <-chan s
 		}
 	}
 }
-
-// errAdminListen wraps a failure to bind the admin address.
-var errAdminListen = errors.New("--admin-listen")

@@ -1,4 +1,4 @@
-package main
+package supervisor
 
 import (
 	"context"
@@ -18,9 +18,6 @@ import (
 // burst of handshakes, once none has run for a while, mqtls gives the freed memory back
 // (one garbage collection and a scavenge, tens of milliseconds for a large heap, once per
 // burst). Steady churn never goes quiet long enough to trigger it.
-
-// defaultMemoryRelease is how long handshakes must have stopped before memory is released.
-const defaultMemoryRelease = 2 * time.Second
 
 // minReleaseBurst is the smallest burst worth a release: a few handshakes leave too little
 // garbage to matter.

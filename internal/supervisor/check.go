@@ -1,4 +1,4 @@
-package main
+package supervisor
 
 import (
 	"errors"
@@ -6,48 +6,32 @@ import (
 	"io"
 	"time"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/internal/config"
 	"github.com/mqtls/mqtls/policy"
 )
 
-// checkCommand validates what serve would be given, and every file it names, without
-// serving: the exit status says whether serve would start, and the output lists what the
-// files hold and when each expires.
-func checkCommand(stdout io.Writer) *cli.Command {
-	return &cli.Command{
-		Name:  "check",
-		Usage: "validate serve's flags and the files they name, print each certificate's and CRL's validity, and exit",
-		Flags: serveFlags(),
-		Action: func(c *cli.Context) error {
-			cfg, err := serveConfigFrom(c)
-			if err != nil {
-				return err
-			}
-			return check(stdout, cfg, time.Now())
-		},
-	}
-}
-
-func check(w io.Writer, cfg serveConfig, now time.Time) error {
+// Check loads what cfg names, every file, without serving, and writes what the files
+// hold and when each expires: a certificate that has expired or a CRL past its next
+// update is an error, as anything serve would refuse to start with.
+func Check(w io.Writer, cfg config.Config, now time.Time) error {
 	var problems []error
 	mats := map[string]*material{}
 	seen := map[any]bool{}
-	for _, sp := range cfg.listeners {
-		mat, err := loadMaterial(sp, mats[sp.shareWith])
+	for _, sp := range cfg.Listeners {
+		mat, err := loadMaterial(sp, mats[sp.ShareWith])
 		if err != nil {
 			return err
 		}
-		mats[sp.name] = mat
-		if _, err := policy.New(sp.policy); err != nil {
-			return fmt.Errorf("listener %s: %w", sp.name, err)
+		mats[sp.Name] = mat
+		if _, err := policy.New(sp.Policy); err != nil {
+			return fmt.Errorf("listener %s: %w", sp.Name, err)
 		}
-		fmt.Fprintf(w, "listener %s: %s %s -> %s\n", sp.name, sp.transport, sp.listen, sp.proxy.Upstream)
+		fmt.Fprintf(w, "listener %s: %s %s -> %s\n", sp.Name, sp.Transport, sp.Listen, sp.Proxy.Upstream)
 		if mat.tls != nil && !seen[mat.tls] {
 			seen[mat.tls] = true
 			for _, f := range mat.tls.Files() {
-				problems = append(problems, describeFile(w, f, now, cfg.admin.expiryWarning)...)
+				problems = append(problems, describeFile(w, f, now, cfg.Admin.ExpiryWarning)...)
 			}
 		}
 		if mat.psk != nil && !seen[mat.psk.Store()] {

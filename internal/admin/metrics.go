@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"time"
@@ -10,10 +10,10 @@ import (
 	"github.com/mqtls/mqtls/proxy"
 )
 
-// metrics are mqtls's Prometheus metrics. Every label set is bounded: listener names come
+// Metrics are mqtls's Prometheus metrics. Every label set is bounded: listener names come
 // from the configuration, outcomes and reasons are the stable constants of handshake,
 // policy and proxy, files are the configured ones. No client ID or identity is ever a label.
-type metrics struct {
+type Metrics struct {
 	reg *prometheus.Registry
 
 	active       *prometheus.GaugeVec     // listener
@@ -29,8 +29,9 @@ type metrics struct {
 	pskLoaded    prometheus.Gauge
 }
 
-func newMetrics() *metrics {
-	m := &metrics{reg: prometheus.NewRegistry()}
+// NewMetrics declares the metrics in a registry of their own.
+func NewMetrics() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "mqtls_connections_active", Help: "Connections open now, handshakes included.",
 	}, []string{"listener"})
@@ -72,8 +73,8 @@ func newMetrics() *metrics {
 	return m
 }
 
-// hooks feeds the metrics from a listener.
-func (m *metrics) hooks() proxy.Hooks {
+// Hooks feeds the metrics from a listener.
+func (m *Metrics) Hooks() proxy.Hooks {
 	return proxy.Hooks{
 		Opened: func(l string) { m.active.WithLabelValues(l).Inc() },
 		Handshake: func(l, kind, reason string, took time.Duration) {
@@ -106,8 +107,8 @@ func (m *metrics) hooks() proxy.Hooks {
 	}
 }
 
-// setFiles records the expiry of what a TLS server loaded, replacing what was there.
-func (m *metrics) setFiles(files []handshake.FileInfo) {
+// SetFiles records the expiry of what a TLS server loaded, replacing what was there.
+func (m *Metrics) SetFiles(files []handshake.FileInfo) {
 	m.expiry.Reset()
 	for _, f := range files {
 		if !f.NotAfter.IsZero() {
@@ -115,3 +116,9 @@ func (m *metrics) setFiles(files []handshake.FileInfo) {
 		}
 	}
 }
+
+// CountReload counts one reload of file with result ok or error.
+func (m *Metrics) CountReload(file, result string) { m.reloads.WithLabelValues(file, result).Inc() }
+
+// SetPSKIdentities records how many PSK identities the listeners loaded.
+func (m *Metrics) SetPSKIdentities(n int) { m.pskLoaded.Set(float64(n)) }

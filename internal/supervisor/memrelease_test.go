@@ -1,4 +1,4 @@
-package main
+package supervisor
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/mqtls/mqtls/internal/logbuf"
 )
 
 // TestMemRelease: memory is returned once after a burst of handshakes has gone quiet, not
@@ -14,8 +16,8 @@ import (
 func TestMemRelease(t *testing.T) {
 	const quiet = 100 * time.Millisecond
 	const msg = "burst of handshakes over"
-	start := func(t *testing.T) (*memRelease, *lockedBuffer) {
-		var out lockedBuffer
+	start := func(t *testing.T) (*memRelease, *logbuf.Buffer) {
+		var out logbuf.Buffer
 		r := &memRelease{}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -24,7 +26,7 @@ func TestMemRelease(t *testing.T) {
 		return r, &out
 	}
 	// waitLines polls the log for up to d (the releaser says nothing else to wait on).
-	waitLines := func(out *lockedBuffer, want int, d time.Duration) int {
+	waitLines := func(out *logbuf.Buffer, want int, d time.Duration) int {
 		deadline := time.Now().Add(d)
 		for {
 			n := strings.Count(out.String(), msg)

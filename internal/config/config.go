@@ -1,0 +1,639 @@
+package config
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"gopkg.in/yaml.v3"
+
+	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/policy"
+	"github.com/mqtls/mqtls/proxy"
+	"github.com/mqtls/mqtls/proxy/datagram"
+)
+
+// File is the YAML config file (serve --config). Every key is optional except
+// listeners; a zero value means the default the README's config reference gives. Unknown
+// keys are errors.
+type File struct {
+	Listeners    []Listener `yaml:"listeners"`
+	Admin        Admin      `yaml:"admin"`
+	Log          Log        `yaml:"log"`
+	DrainTimeout Duration   `yaml:"drain_timeout"`
+	MemRelease   *Duration  `yaml:"memory_release_after"` // nil: the default; 0: off
+	BusyPoll     Duration   `yaml:"busy_poll"`
+}
+
+type Admin struct {
+	Listen           string   `yaml:"listen"`
+	Pprof            bool     `yaml:"pprof"`
+	ReloadInterval   Duration `yaml:"reload_interval"`
+	RevokeTerminates bool     `yaml:"revoke_terminates"`
+	ExpiryWarning    Duration `yaml:"expiry_warning"`
+}
+
+type Log struct {
+	Format string `yaml:"format"`
+	Level  string `yaml:"level"`
+}
+
+// Listener is one listener, in the file or built from serve's flags.
+type Listener struct {
+	Name          string        `yaml:"name"`
+	Transport     string        `yaml:"transport"`
+	Listen        string        `yaml:"listen"`
+	Upstream      string        `yaml:"upstream"`
+	TLS           TLS           `yaml:"tls"`
+	PSK           PSK           `yaml:"psk"`
+	Policy        Policy        `yaml:"policy"`
+	Limits        Limits        `yaml:"limits"`
+	Timeouts      Timeouts      `yaml:"timeouts"`
+	DTLS          DTLS          `yaml:"dtls"`
+	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
+}
+
+type TLS struct {
+	Cert       string   `yaml:"cert"`
+	Key        string   `yaml:"key"`
+	ClientCA   string   `yaml:"client_ca"`
+	ClientAuth string   `yaml:"client_auth"`
+	CRLs       []string `yaml:"crls"`
+	MinVersion string   `yaml:"min_version"`
+}
+
+type PSK struct {
+	File   string `yaml:"file"`
+	Format string `yaml:"format"`
+	Hint   string `yaml:"hint"`
+}
+
+type Policy struct {
+	Identity          string   `yaml:"identity"`
+	ClientID          string   `yaml:"client_id"`
+	ClientIDSeparator string   `yaml:"client_id_separator"`
+	Username          string   `yaml:"username"`
+	Password          string   `yaml:"password"`
+	Allow             []string `yaml:"allow"`
+	Deny              []string `yaml:"deny"`
+	IdentityProperty  string   `yaml:"identity_property"`
+}
+
+type Limits struct {
+	MaxConnections            int     `yaml:"max_connections"`
+	MaxHandshakes             int     `yaml:"max_handshakes"`
+	PerIPRate                 float64 `yaml:"per_ip_rate"`
+	PerIPBurst                int     `yaml:"per_ip_burst"`
+	MaxConnectionsPerIdentity int     `yaml:"max_connections_per_identity"`
+	MaxConnectSize            int     `yaml:"max_connect_size"`
+}
+
+type Timeouts struct {
+	Handshake Duration `yaml:"handshake"`
+	Connect   Duration `yaml:"connect"`
+	Dial      Duration `yaml:"dial"`
+	Idle      Duration `yaml:"idle"`
+}
+
+type DTLS struct {
+	MaxDatagram int `yaml:"max_datagram"`
+}
+
+type ProxyProtocol struct {
+	Send       string   `yaml:"send"`
+	AcceptFrom []string `yaml:"accept_from"`
+}
+
+// Duration is a time.Duration written as Go writes it ("10s", "5m", "720h").
+type Duration time.Duration
+
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 10s, 5m or 720h", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ListenerSpec is one validated listener, ready to serve.
+type ListenerSpec struct {
+	Name      string
+	Transport string // "tcp" or "dtls"
+	Listen    string
+	TLS       handshake.TLSConfig // CertFile "" means no certificate handshakes
+	PSKFile   string              // "" means no PSK handshakes
+	PSKFormat handshake.PSKFormat
+	PSKHint   string
+	Policy    policy.Config
+	Proxy     proxy.Config // Handshaker, Policy, Logger and Hooks are set by the supervisor
+	// SendProxy is "", "v1" or "v2": the PROXY protocol header sent to the upstream.
+	SendProxy string
+	// ProxyFrom are the sources trusted to send a PROXY header; nil means none.
+	ProxyFrom []netip.Prefix
+	// ShareWith names the listener whose handshake material this one uses (the DTLS
+	// listener built from flags shares the TCP one's), "" for its own.
+	ShareWith string
+	// KeyPrefix spells the listener's keys in messages about its files: "" for flags,
+	// "listeners[2]." for the file.
+	KeyPrefix string
+}
+
+// Key names a listener key for a message, as a flag or as a key path.
+func (sp ListenerSpec) Key(k string) string {
+	if sp.KeyPrefix == "" {
+		return FlagNamer(k)
+	}
+	return sp.KeyPrefix + k
+}
+
+// KeyNamer spells a listener key for messages: "--client-id" for flags,
+// "listeners[2].policy.client_id" for the file.
+type KeyNamer func(key string) string
+
+// FlagNamer spells a listener key as serve's flag for it (from Settings).
+func FlagNamer(key string) string { return flagFor(InListener, key) }
+
+// FileNamer spells the keys of the file's listener i.
+func FileNamer(i int) KeyNamer {
+	return func(key string) string { return fmt.Sprintf("listeners[%d].%s", i, key) }
+}
+
+// prefixOf recovers the key prefix a namer puts before every key.
+func prefixOf(key KeyNamer) string {
+	if k := key("name"); strings.HasPrefix(k, "listeners[") {
+		return strings.TrimSuffix(k, "name")
+	}
+	return ""
+}
+
+// BuildListener validates l and turns it into a spec. Every problem is reported, each
+// naming the key (or flag) to change.
+func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	sp := ListenerSpec{Name: l.Name, Transport: l.Transport, Listen: l.Listen, KeyPrefix: prefixOf(key)}
+
+	switch sp.Transport {
+	case "", "tcp":
+		sp.Transport = "tcp"
+	case "dtls":
+	default:
+		bad("%s %q: want tcp or dtls", key("transport"), l.Transport)
+	}
+	if sp.Name == "" {
+		sp.Name = sp.Transport
+	}
+	if _, _, err := net.SplitHostPort(sp.Listen); err != nil {
+		bad("%s %q: want host:port or :port: %v", key("listen"), sp.Listen, err)
+	}
+
+	// Handshake material.
+	sp.TLS = handshake.TLSConfig{CertFile: l.TLS.Cert, KeyFile: l.TLS.Key, ClientCAFile: l.TLS.ClientCA, CRLFiles: l.TLS.CRLs}
+	sp.PSKFile, sp.PSKHint = l.PSK.File, l.PSK.Hint
+	format := l.PSK.Format
+	if format == "" {
+		format = "mosquitto"
+	}
+	var err error
+	if sp.PSKFormat, err = handshake.ParsePSKFormat(format); err != nil {
+		bad("%s: %w", key("psk.format"), err)
+	}
+	if sp.PSKFile == "" && (l.PSK.Hint != "" || l.PSK.Format != "" && l.PSK.Format != "mosquitto") {
+		bad("%s and %s need %s: the file of device keys", key("psk.hint"), key("psk.format"), key("psk.file"))
+	}
+	certs := sp.TLS.CertFile != "" || sp.TLS.KeyFile != ""
+	switch {
+	case !certs && sp.PSKFile == "":
+		bad("%s and %s are required (the server certificate chain and its private key, PEM files), or %s for TLS-PSK",
+			key("tls.cert"), key("tls.key"), key("psk.file"))
+	case sp.TLS.CertFile == "" && certs:
+		bad("%s is set but %s is not: give the certificate that goes with the key", key("tls.key"), key("tls.cert"))
+	case sp.TLS.KeyFile == "" && certs:
+		bad("%s is set but %s is not: give the certificate's private key", key("tls.cert"), key("tls.key"))
+	case !certs && sp.TLS.ClientCAFile != "":
+		bad("%s needs %s and %s: a PSK-only listener has no certificate handshakes", key("tls.client_ca"), key("tls.cert"), key("tls.key"))
+	}
+	mutual := sp.TLS.ClientCAFile != ""
+	switch auth := l.TLS.ClientAuth; {
+	case auth == "" && mutual:
+		sp.TLS.ClientAuth = handshake.ClientAuthRequire
+	case auth == "":
+		sp.TLS.ClientAuth = handshake.ClientAuthNone
+	default:
+		a, err := handshake.ParseClientAuth(auth)
+		switch {
+		case err != nil:
+			bad("%s: %w", key("tls.client_auth"), err)
+		case a != handshake.ClientAuthNone && !mutual:
+			bad("%s %s needs %s: the CA file that issues device certificates", key("tls.client_auth"), auth, key("tls.client_ca"))
+		case a == handshake.ClientAuthNone && mutual:
+			bad("%s none with %s: drop %s, or use request or require", key("tls.client_auth"), key("tls.client_ca"), key("tls.client_ca"))
+		}
+		sp.TLS.ClientAuth = a
+	}
+	if len(sp.TLS.CRLFiles) > 0 && !mutual {
+		bad("%s needs %s: CRLs are checked against the CAs that issue device certificates", key("tls.crls"), key("tls.client_ca"))
+	}
+	switch v := l.TLS.MinVersion; v {
+	case "", "1.2":
+		sp.TLS.MinVersion = tls.VersionTLS12
+	case "1.3":
+		sp.TLS.MinVersion = tls.VersionTLS13
+	default:
+		bad("%s %q: want 1.2 or 1.3", key("tls.min_version"), v)
+	}
+	if sp.PSKFile != "" && l.TLS.MinVersion == "1.3" {
+		bad("%s 1.3 with %s: TLS-PSK is served over TLS 1.2 only", key("tls.min_version"), key("psk.file"))
+	}
+	if sp.Transport == "dtls" && l.TLS.MinVersion == "1.3" {
+		bad("%s 1.3 on a DTLS listener: mqtls serves DTLS 1.2 only", key("tls.min_version"))
+	}
+
+	// Binding policy.
+	identity := l.Policy.Identity
+	if identity == "" {
+		switch {
+		case sp.PSKFile != "" && !certs:
+			identity = "{psk}"
+		case sp.PSKFile != "":
+			identity = "{cn}{psk}"
+		default:
+			identity = "{cn}"
+		}
+	}
+	sp.Policy = policy.Config{
+		Identity:          identity,
+		ClientIDSeparator: l.Policy.ClientIDSeparator,
+		Allow:             l.Policy.Allow,
+		Deny:              l.Policy.Deny,
+		IdentityProperty:  l.Policy.IdentityProperty,
+	}
+	mode := func(v, def string) string {
+		if v == "" {
+			return def
+		}
+		return v
+	}
+	if sp.Policy.ClientID, err = policy.ParseClientIDMode(mode(l.Policy.ClientID, "off")); err != nil {
+		bad("%s: %s", key("policy.client_id"), trimPolicy(err))
+	}
+	if sp.Policy.Username, err = policy.ParseUsernameMode(mode(l.Policy.Username, "keep")); err != nil {
+		bad("%s: %s", key("policy.username"), trimPolicy(err))
+	}
+	if sp.Policy.Password, err = policy.ParsePasswordMode(mode(l.Policy.Password, "keep")); err != nil {
+		bad("%s: %s", key("policy.password"), trimPolicy(err))
+	}
+	tmpl, tmplErr := policy.ParseTemplate(identity)
+	if tmplErr != nil {
+		bad("%s %q: %s", key("policy.identity"), identity, trimPolicy(tmplErr))
+	}
+	for _, list := range []struct {
+		key   string
+		exprs []string
+	}{{"policy.allow", l.Policy.Allow}, {"policy.deny", l.Policy.Deny}} {
+		for _, e := range list.exprs {
+			if _, err := regexp.Compile(e); err != nil || e == "" {
+				if err == nil {
+					err = errors.New("empty expression; write ^$ to match an empty identity")
+				}
+				bad("%s %q: %v", key(list.key), e, err)
+			}
+		}
+	}
+	if len(errs) == 0 {
+		if _, err := policy.New(sp.Policy); err != nil {
+			bad("%s", trimPolicy(err))
+		}
+	}
+	if tmplErr == nil && len(errs) == 0 {
+		errs = append(errs, identitySourceProblems(sp, tmpl, key)...)
+	}
+
+	// Proxying.
+	sp.Proxy = proxy.Config{
+		Name:             sp.Name,
+		Upstream:         l.Upstream,
+		HandshakeTimeout: time.Duration(l.Timeouts.Handshake),
+		ConnectTimeout:   time.Duration(l.Timeouts.Connect),
+		DialTimeout:      time.Duration(l.Timeouts.Dial),
+		MaxConnectSize:   l.Limits.MaxConnectSize,
+		MaxConnections:   l.Limits.MaxConnections,
+		MaxHandshakes:    l.Limits.MaxHandshakes,
+		PerIPRate:        l.Limits.PerIPRate,
+		PerIPBurst:       l.Limits.PerIPBurst,
+		MaxPerIdentity:   l.Limits.MaxConnectionsPerIdentity,
+		Datagram:         sp.Transport == "dtls",
+		MaxDatagram:      l.DTLS.MaxDatagram,
+	}
+	if sp.Proxy.Upstream == "" {
+		sp.Proxy.Upstream = DefaultUpstream
+	}
+	if sp.Transport == "dtls" {
+		sp.Proxy.IdleTimeout = time.Duration(l.Timeouts.Idle)
+		if l.Timeouts.Idle == 0 {
+			sp.Proxy.IdleTimeout = DefaultDTLSIdle
+		}
+	} else if l.Timeouts.Idle != 0 {
+		sp.Proxy.IdleTimeout = time.Duration(l.Timeouts.Idle)
+	}
+	if sp.Proxy.MaxDatagram == 0 {
+		sp.Proxy.MaxDatagram = datagram.DefaultMaxDatagram
+	}
+	if sp.Proxy.PerIPBurst == 0 {
+		sp.Proxy.PerIPBurst = DefaultPerIPBurst
+	}
+	if sp.Proxy.MaxConnectSize == 0 {
+		sp.Proxy.MaxConnectSize = proxy.DefaultMaxConnectSize
+	}
+	if err := proxy.ValidateUpstream(sp.Proxy.Upstream); err != nil {
+		bad("%s: %w", key("upstream"), err)
+	}
+	for k, d := range map[string]Duration{"timeouts.handshake": l.Timeouts.Handshake, "timeouts.connect": l.Timeouts.Connect,
+		"timeouts.dial": l.Timeouts.Dial, "timeouts.idle": l.Timeouts.Idle} {
+		if d < 0 {
+			bad("%s %v: must not be negative", key(k), time.Duration(d))
+		}
+	}
+	if n := sp.Proxy.MaxConnectSize; n < 16 || n > policy.MaxRemainingLength {
+		bad("%s %d: want 16 to %d bytes", key("limits.max_connect_size"), n, policy.MaxRemainingLength)
+	}
+	if n := sp.Proxy.MaxDatagram; n < 64 || n > datagram.MaxRecord {
+		bad("%s %d: want 64 to %d bytes", key("dtls.max_datagram"), n, datagram.MaxRecord)
+	}
+	for k, n := range map[string]int{"limits.max_connections": l.Limits.MaxConnections, "limits.max_handshakes": l.Limits.MaxHandshakes,
+		"limits.max_connections_per_identity": l.Limits.MaxConnectionsPerIdentity} {
+		if n < 0 {
+			bad("%s %d: must not be negative (0 means no cap)", key(k), n)
+		}
+	}
+	if sp.Proxy.PerIPRate < 0 {
+		bad("%s %v: must not be negative (0 means no limit)", key("limits.per_ip_rate"), sp.Proxy.PerIPRate)
+	}
+	if sp.Proxy.PerIPBurst < 1 {
+		bad("%s %d: must be at least 1", key("limits.per_ip_burst"), sp.Proxy.PerIPBurst)
+	}
+
+	// PROXY protocol.
+	switch sp.SendProxy = l.ProxyProtocol.Send; sp.SendProxy {
+	case "", "v1", "v2":
+	default:
+		bad("%s %q: want v1 or v2 (or leave it empty)", key("proxy_protocol.send"), sp.SendProxy)
+	}
+	for _, s := range l.ProxyProtocol.AcceptFrom {
+		p, err := parsePrefix(s)
+		if err != nil {
+			bad("%s %q: want a CIDR like 10.0.0.0/8 or an address: %v", key("proxy_protocol.accept_from"), s, err)
+			continue
+		}
+		sp.ProxyFrom = append(sp.ProxyFrom, p)
+	}
+	if sp.Transport == "dtls" && (len(sp.ProxyFrom) > 0) {
+		bad("%s on a DTLS listener: the PROXY protocol is accepted on TCP listeners only", key("proxy_protocol.accept_from"))
+	}
+	return sp, errs
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}
+
+// identitySourceProblems refuses a binding the listener can never satisfy: one that needs
+// an identity when no handshake of this listener can yield one.
+func identitySourceProblems(sp ListenerSpec, tmpl policy.Template, key KeyNamer) []error {
+	var needs []string
+	if sp.Policy.ClientID != policy.ClientIDOff {
+		needs = append(needs, key("policy.client_id")+" "+sp.Policy.ClientID.String())
+	}
+	if sp.Policy.Username == policy.UsernameIdentity {
+		needs = append(needs, key("policy.username")+" identity")
+	}
+	if len(sp.Policy.Allow) > 0 {
+		needs = append(needs, key("policy.allow"))
+	}
+	if sp.Policy.IdentityProperty != "" {
+		needs = append(needs, key("policy.identity_property"))
+	}
+	if len(needs) == 0 {
+		return nil
+	}
+	what := strings.Join(needs, " and ")
+	certs, psks := sp.TLS.ClientCAFile != "", sp.PSKFile != ""
+	kinds := tmpl.Kinds()
+	switch {
+	case !certs && !psks:
+		return []error{fmt.Errorf("%s needs an identity, but without %s or %s no device proves one: add %s (device certificates) or %s (pre-shared keys), or drop %s",
+			what, key("tls.client_ca"), key("psk.file"), key("tls.client_ca"), key("psk.file"), what)}
+	case !(certs && slices.Contains(kinds, handshake.KindCertificate)) && !(psks && slices.Contains(kinds, handshake.KindPSK)):
+		have, fields := "certificates ("+key("tls.client_ca")+")", "{cn}, {uri}, {dns}, ..."
+		if !certs {
+			have, fields = "pre-shared keys ("+key("psk.file")+")", "{psk}"
+		}
+		return []error{fmt.Errorf("%s %q names no field the devices of this listener have, so %s can never be satisfied: its devices prove %s; use %s",
+			key("policy.identity"), sp.Policy.Identity, what, have, fields)}
+	}
+	return nil
+}
+
+// Load reads and validates a config file.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("reading config file: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse validates the config file called path with contents data. Errors name the file,
+// and the line or key path.
+func Parse(path string, data []byte) (Config, error) {
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) { // EOF: an empty file
+		return Config{}, fmt.Errorf("config file %s: %s", path, yamlMessage(err))
+	}
+	cfg, level := topLevel(f, true)
+	cfg.ConfigFile = path
+	errs := commonProblems(&cfg, level, func(k string) string { return k })
+	if len(f.Listeners) == 0 {
+		errs = append(errs, errors.New("listeners: the file defines none; add at least one"))
+	}
+	names := map[string]int{}
+	addrs := map[string]int{}
+	for i, l := range f.Listeners {
+		sp, e := BuildListener(l, FileNamer(i))
+		errs = append(errs, e...)
+		if j, dup := names[sp.Name]; dup {
+			errs = append(errs, fmt.Errorf("listeners[%d].name %q: listeners[%d] has the same name; names must be unique", i, sp.Name, j))
+		}
+		names[sp.Name] = i
+		addr := sp.Transport + " " + sp.Listen
+		if _, port, _ := net.SplitHostPort(sp.Listen); port == "0" {
+			addr = "" // port 0: each listener gets a port of its own from the system
+		}
+		if j, dup := addrs[addr]; dup && addr != "" {
+			errs = append(errs, fmt.Errorf("listeners[%d].listen %q: listeners[%d] listens there too", i, sp.Listen, j))
+		}
+		addrs[addr] = i
+		cfg.Listeners = append(cfg.Listeners, sp)
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("config file %s: %w", path, errors.Join(errs...))
+	}
+	return cfg, nil
+}
+
+// topLevel takes the settings outside the listeners from f, and returns the log level
+// still to parse. With fileDefaults a zero drain_timeout, admin.reload_interval,
+// admin.expiry_warning, log.format or log.level means its default, as the README's config
+// reference says; a flag's zero is taken as written (--reload-interval 0: only on SIGHUP).
+func topLevel(f File, fileDefaults bool) (Config, string) {
+	cfg := Config{
+		DrainTimeout: time.Duration(f.DrainTimeout),
+		MemRelease:   DefaultMemoryRelease,
+		BusyPoll:     time.Duration(f.BusyPoll),
+		LogFormat:    f.Log.Format,
+		Admin: AdminConfig{
+			Listen:           f.Admin.Listen,
+			Pprof:            f.Admin.Pprof,
+			ReloadInterval:   time.Duration(f.Admin.ReloadInterval),
+			RevokeTerminates: f.Admin.RevokeTerminates,
+			ExpiryWarning:    time.Duration(f.Admin.ExpiryWarning),
+		},
+	}
+	if f.MemRelease != nil {
+		cfg.MemRelease = time.Duration(*f.MemRelease)
+	}
+	level := f.Log.Level
+	if !fileDefaults {
+		return cfg, level
+	}
+	if f.DrainTimeout == 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if f.Admin.ReloadInterval == 0 {
+		cfg.Admin.ReloadInterval = DefaultReloadInterval
+	}
+	if f.Admin.ExpiryWarning == 0 {
+		cfg.Admin.ExpiryWarning = DefaultExpiryWarning
+	}
+	if cfg.LogFormat == "" {
+		cfg.LogFormat = "json"
+	}
+	if level == "" {
+		level = "info"
+	}
+	return cfg, level
+}
+
+// yamlTypes name the structs of File the way a config file's reader knows them.
+var yamlTypes = map[string]string{
+	"File": "the top level", "Listener": "a listener", "Admin": "admin", "Log": "log",
+	"TLS": "tls", "PSK": "psk", "Policy": "policy", "Limits": "limits",
+	"Timeouts": "timeouts", "DTLS": "dtls", "ProxyProtocol": "proxy_protocol",
+}
+
+var (
+	yamlUnknownField = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
+	yamlTypeName     = regexp.MustCompile(`into (\[\])?config\.(\w+)`)
+)
+
+// yamlMessage is a decoding error of yaml.v3 in the config file's terms: "unknown key
+// client_cert in tls" rather than "field client_cert not found in type config.TLS".
+func yamlMessage(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = yamlUnknownField.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := yamlUnknownField.FindStringSubmatch(m)
+		where, ok := yamlTypes[sub[2]]
+		switch {
+		case !ok:
+			return m
+		case sub[2] == "File":
+			return "unknown key " + sub[1] + " at " + where
+		}
+		return "unknown key " + sub[1] + " in " + where
+	})
+	return yamlTypeName.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := yamlTypeName.FindStringSubmatch(m)
+		where, ok := yamlTypes[sub[2]]
+		switch {
+		case !ok:
+			return m
+		case sub[1] != "" && sub[2] == "Listener":
+			return "into the list of listeners"
+		case sub[1] != "":
+			return "into a list of " + where
+		}
+		return "into " + where
+	})
+}
+
+// commonProblems checks the settings outside the listeners, naming them with key.
+func commonProblems(cfg *Config, level string, key func(string) string) []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if cfg.LogFormat != "json" && cfg.LogFormat != "console" {
+		bad("%s %q: want json or console", key("log.format"), cfg.LogFormat)
+	}
+	var err error
+	if cfg.LogLevel, err = zerologLevel(level); err != nil {
+		bad("%s %q: want debug, info, warn or error", key("log.level"), level)
+	}
+	if cfg.DrainTimeout < 0 {
+		bad("%s %v: must not be negative", key("drain_timeout"), cfg.DrainTimeout)
+	}
+	if cfg.MemRelease < 0 {
+		bad("%s %v: must not be negative (0 turns it off)", key("memory_release_after"), cfg.MemRelease)
+	}
+	if cfg.BusyPoll < 0 || cfg.BusyPoll > MaxBusyPoll {
+		bad("%s %v: want 0 (off) to %v; the poll holds a CPU this long after each event", key("busy_poll"), cfg.BusyPoll, MaxBusyPoll)
+	}
+	if cfg.Admin.Listen != "" {
+		if _, _, err := net.SplitHostPort(cfg.Admin.Listen); err != nil {
+			bad("%s %q: want host:port or :port: %v", key("admin.listen"), cfg.Admin.Listen, err)
+		}
+	}
+	if cfg.Admin.Pprof && cfg.Admin.Listen == "" {
+		bad("%s needs %s: the address to serve it on", key("admin.pprof"), key("admin.listen"))
+	}
+	if cfg.Admin.ReloadInterval < 0 {
+		bad("%s %v: must not be negative (0 means only on SIGHUP)", key("admin.reload_interval"), cfg.Admin.ReloadInterval)
+	}
+	if cfg.Admin.ExpiryWarning < 0 {
+		bad("%s %v: must not be negative", key("admin.expiry_warning"), cfg.Admin.ExpiryWarning)
+	}
+	return errs
+}
+
+// zerologLevel parses a log level, refusing the empty string zerolog takes for "no level".
+func zerologLevel(s string) (zerolog.Level, error) {
+	if s == "" {
+		return zerolog.NoLevel, errors.New("empty log level")
+	}
+	return zerolog.ParseLevel(s)
+}
+
+func trimPolicy(err error) string { return strings.TrimPrefix(err.Error(), "policy: ") }
