@@ -2,11 +2,13 @@ package handshake
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/pion/dtls/v3"
 )
@@ -19,6 +21,24 @@ type DTLSConfig struct {
 	PSK *PSKServer // nil: no PSK handshakes
 	// MTU bounds the handshake flights; 0 means pion's default (1200).
 	MTU int
+
+	// MaxUnproven caps the source addresses that have sent a ClientHello but not yet
+	// returned the cookie of the HelloVerifyRequest; when full, the oldest is dropped.
+	// 0 means DefaultMaxUnproven. See ListenDTLS.
+	MaxUnproven int
+	// UnprovenTimeout is how long such an address is kept; 0 means
+	// DefaultUnprovenTimeout.
+	UnprovenTimeout time.Duration
+	// OnDrop, if set, is called with a stable reason (the Drop constants) for every
+	// datagram the listener drops before a handshake, every unproven address it frees,
+	// and every record that arrives behind a later one. It must not block.
+	OnDrop func(reason string)
+
+	// RefuseUnknownPSKIdentity makes an unknown PSK identity end the handshake at once
+	// with an alert, for debugging. By default the handshake goes on with a random key and
+	// fails at Finished exactly as a wrong key does, so that identities cannot be
+	// enumerated (RFC 4279 §2); the log reason is unknown_psk_identity either way.
+	RefuseUnknownPSKIdentity bool
 }
 
 // DTLS 1.2 suites: AEAD only, forward-secret ones first. pion also implements CBC suites
@@ -50,21 +70,34 @@ const dtlsCIDLen = 8
 
 // DTLSServer performs DTLS 1.2 handshakes on the connections its listener accepts.
 type DTLSServer struct {
-	cfg DTLSConfig
+	cfg   DTLSConfig
+	front *front
 }
 
-// ListenDTLS opens a DTLS listener on the UDP address addr. Accept returns connections
-// before their handshake; DTLSServer.Handshake runs it. Cookie exchange (HelloVerifyRequest)
-// is always on, so a spoofed ClientHello is answered with no more bytes than it carried
-// (no amplification) and never gets past the cookie; connection IDs are on, so a session
-// survives a NAT rebinding.
+// ListenDTLS opens a DTLS listener on the UDP address addr. Accept returns a connection
+// (a *DTLSSession) once its source address has returned the cookie of a
+// HelloVerifyRequest, with its handshake already running; DTLSServer.Handshake waits for
+// it. Connection IDs are on (RFC 9146), so a session survives a NAT rebinding.
 //
-// pion does keep a little state per new source address until the handshake deadline (its
-// listener hands over a connection before the cookie round trip, and checks the cookie
-// against a value kept in that connection). A stateless cookie layer in front of it would
-// need pion to start its message sequence after an HelloVerifyRequest it did not send,
-// which it cannot. The listener's MaxHandshakes and per-address rate bound what spoofed
-// hellos can hold.
+// Spoofed sources: mqtls owns the socket in front of pion (see front.go). A datagram from
+// an unknown address creates state only if it is a cookieless ClientHello at least as
+// large as the HelloVerifyRequest that answers it, so a spoofed hello is answered with no
+// more bytes than it carried. Its state (a pion conn waiting for the cookie, about
+// 13 KiB) lives in a table of at most MaxUnproven entries for at most UnprovenTimeout,
+// oldest dropped first, and takes no handshake slot of the caller; an address that has
+// returned its cookie can no longer be displaced. So a flood of spoofed hellos costs at
+// most MaxUnproven × 13 KiB (52 MiB with the defaults) and a pion conn setup per hello,
+// and a real device gets through as long as it answers within MaxUnproven/rate seconds
+// (0.2 s at 20,000 spoofed hellos per second). What a flood can still do: cost CPU (one
+// pion conn and one HelloVerifyRequest per hello: about 25 µs; see
+// BenchmarkDTLSFrontFlood), and, at rates where MaxUnproven/rate falls below a device's
+// round trip, displace its state before its cookie comes back. It cannot hold state past
+// UnprovenTimeout or take handshake slots (MaxHandshakes) or per-address rate budget. An
+// attacker who can receive at the addresses it spoofs (on path) is a real client.
+//
+// MQTT ordering: a record that arrives after a later one of the same session is
+// discarded once pion has authenticated it (a replay window one record wide), never
+// delivered out of order; OnDrop counts it as DropLateRecord.
 func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) {
 	if cfg.TLS == nil && cfg.PSK == nil {
 		return nil, nil, errors.New("a DTLS listener needs a certificate or a PSK store")
@@ -77,6 +110,9 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 	opts := []dtls.ServerOption{
 		dtls.WithConnectionIDGenerator(dtls.RandomCIDGenerator(dtlsCIDLen)),
 		dtls.WithExtendedMasterSecret(dtls.RequestExtendedMasterSecret),
+		// A window of one record: a record older than the newest authenticated one is
+		// discarded, so MQTT packets reach the broker in the device's order.
+		dtls.WithReplayProtectionWindow(1),
 	}
 	if cfg.MTU > 0 {
 		opts = append(opts, dtls.WithMTU(cfg.MTU))
@@ -98,7 +134,12 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 		opts = append(opts, dtls.WithPSK(func(identity []byte) ([]byte, error) {
 			key, ok := p.store.Lookup(string(identity))
 			if !ok {
-				return nil, &Error{Reason: reasonUnknownPSKIdentity, Err: fmt.Errorf("unknown PSK identity %q", quoteLimit(identity))}
+				if cfg.RefuseUnknownPSKIdentity {
+					return nil, &Error{Reason: reasonUnknownPSKIdentity, Err: fmt.Errorf("unknown PSK identity %q", quoteLimit(identity))}
+				}
+				// Same work and same failure as a wrong key: Handshake names the reason.
+				key = make([]byte, 32)
+				_, _ = rand.Read(key)
 			}
 			return key, nil
 		}))
@@ -107,12 +148,30 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 		}
 	}
 	opts = append(opts, dtls.WithCipherSuites(suites...))
-	ln, err := dtls.ListenWithOptions("udp", udpAddr, opts...)
+	if _, err := dtls.ServerWithOptions(nopPacketConn{}, udpAddr, opts...); err != nil {
+		return nil, nil, fmt.Errorf("DTLS options for %s: %w", addr, err)
+	}
+	pc, err := net.ListenUDP("udp", udpAddr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening DTLS listener on %s: %w", addr, err)
 	}
-	return ln, s, nil
+	s.front = newFront(pc, s, opts, cfg)
+	return s.front, s, nil
 }
+
+// Stats returns a snapshot of the listener's front socket.
+func (s *DTLSServer) Stats() FrontStats {
+	if s.front == nil {
+		return FrontStats{}
+	}
+	return s.front.snapshot()
+}
+
+// nopPacketConn lets ListenDTLS check its options once, up front, by building a pion conn
+// that is never used.
+type nopPacketConn struct{ net.PacketConn }
+
+func (nopPacketConn) Close() error { return nil }
 
 // reasonUnknownPSKIdentity matches tlspsk's reason, so TCP and DTLS log alike.
 const reasonUnknownPSKIdentity = "unknown_psk_identity"
@@ -143,12 +202,26 @@ func (s *DTLSServer) verify(st *dtls.State) error {
 // Handshake runs the DTLS handshake on c, a connection from the listener ListenDTLS made.
 // ctx bounds it (pion's handshake does not follow the connection's deadline).
 func (s *DTLSServer) Handshake(ctx context.Context, c net.Conn) (net.Conn, Identity, error) {
-	dc, ok := c.(*dtls.Conn)
-	if !ok {
+	var dc *dtls.Conn
+	switch c := c.(type) {
+	case *DTLSSession:
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			c.Close() // ends the handshake and waits for it
+			return nil, Identity{}, s.classifyDTLS(c.conn, ctx.Err())
+		}
+		if c.err != nil {
+			return nil, Identity{}, s.classifyDTLS(c.conn, c.err)
+		}
+		dc = c.conn
+	case *dtls.Conn:
+		if err := c.HandshakeContext(ctx); err != nil {
+			return nil, Identity{}, s.classifyDTLS(c, err)
+		}
+		dc = c
+	default:
 		return nil, Identity{}, &Error{Reason: ReasonFailed, Err: fmt.Errorf("DTLS handshake on a %T", c)}
-	}
-	if err := dc.HandshakeContext(ctx); err != nil {
-		return nil, Identity{}, classifyDTLS(err)
 	}
 	st, ok := dc.ConnectionState()
 	if !ok {
@@ -170,11 +243,20 @@ func (s *DTLSServer) Handshake(ctx context.Context, c net.Conn) (net.Conn, Ident
 }
 
 // classifyDTLS finds the reason in what pion returned: ours, from the PSK callback or the
-// certificate check, when pion kept it in the chain; otherwise by the error's kind.
-func classifyDTLS(err error) error {
+// certificate check, when pion kept it in the chain; unknown_psk_identity when the client
+// named an identity the store does not hold (the handshake went on with a random key and
+// failed like a wrong key); otherwise by the error's kind.
+func (s *DTLSServer) classifyDTLS(dc *dtls.Conn, err error) error {
 	var e *Error
 	if errors.As(err, &e) {
 		return err
+	}
+	if p := s.cfg.PSK; p != nil && dc != nil {
+		if st, ok := dc.ConnectionState(); ok && len(st.IdentityHint) > 0 {
+			if _, known := p.store.Lookup(string(st.IdentityHint)); !known {
+				return &Error{Reason: reasonUnknownPSKIdentity, Err: fmt.Errorf("unknown PSK identity %q: %w", quoteLimit(st.IdentityHint), err)}
+			}
+		}
 	}
 	return classify(err)
 }
