@@ -36,6 +36,7 @@ type dtlsResult struct {
 // dtlsServer is a DTLS listener whose accept loop runs every handshake and reports it.
 type dtlsServer struct {
 	ln      net.Listener
+	srv     *handshake.DTLSServer
 	addr    *net.UDPAddr
 	results chan dtlsResult
 	done    chan struct{}
@@ -55,7 +56,7 @@ func listenDTLSTimeout(tb testing.TB, cfg handshake.DTLSConfig, timeout time.Dur
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := &dtlsServer{ln: ln, addr: ln.Addr().(*net.UDPAddr), results: make(chan dtlsResult, 64), done: make(chan struct{})}
+	s := &dtlsServer{ln: ln, srv: srv, addr: ln.Addr().(*net.UDPAddr), results: make(chan dtlsResult, 64), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
