@@ -4,6 +4,7 @@ package handshake_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -237,5 +238,188 @@ func TestDTLSHelloVerifyNoAmplification(t *testing.T) {
 	_ = pc.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
 	if n, _, err := pc.ReadFromUDP(buf); err == nil {
 		t.Errorf("an unasked datagram of %d bytes", n)
+	}
+}
+
+// swapRelay relays datagrams between one client and dst. While armed, it holds the next
+// datagram from the client and sends it after the one that follows: a reordering path.
+type swapRelay struct {
+	pc    *net.UDPConn
+	armed atomic.Bool
+	done  chan struct{}
+}
+
+func newSwapRelay(t *testing.T, dst *net.UDPAddr) *swapRelay {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &swapRelay{pc: pc, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		buf := make([]byte, 1<<16)
+		var client *net.UDPAddr
+		var held []byte
+		for {
+			n, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if from.Port == dst.Port {
+				if client != nil {
+					_, _ = pc.WriteToUDP(buf[:n], client)
+				}
+				continue
+			}
+			client = from
+			switch {
+			case r.armed.Load() && held == nil:
+				held = append([]byte(nil), buf[:n]...)
+			case held != nil:
+				_, _ = pc.WriteToUDP(buf[:n], dst)
+				_, _ = pc.WriteToUDP(held, dst)
+				held = nil
+				r.armed.Store(false)
+			default:
+				_, _ = pc.WriteToUDP(buf[:n], dst)
+			}
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-r.done })
+	return r
+}
+
+// TestDTLSRecordOrder sends two MQTT packets, "open" then "closed", over a path that
+// swaps them: the server must read "closed" and never "open" after it (a retained
+// message read out of order is the broker's wrong final state), and count the late one.
+func TestDTLSRecordOrder(t *testing.T) {
+	psk := newTestPSK(t)
+	var drops dropCounts
+	s := listenDTLS(t, handshake.DTLSConfig{PSK: psk.server(t), OnDrop: drops.add})
+	relay := newSwapRelay(t, s.addr)
+	for _, suite := range []dtls.CipherSuiteID{dtls.TLS_PSK_WITH_AES_128_CCM_8, dtls.TLS_PSK_WITH_AES_128_GCM_SHA256} {
+		t.Run(suite.String(), func(t *testing.T) {
+			c, err := dialDTLS(t, relay.pc.LocalAddr(), pskClient("dev-1", psk.key, suite)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := s.result(t)
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			late := drops.get(handshake.DropLateRecord)
+			relay.armed.Store(true)
+			// PUBLISH retain "door" "open", then PUBLISH retain "door" "closed".
+			open := []byte{0x31, 10, 0, 4, 'd', 'o', 'o', 'r', 'o', 'p', 'e', 'n'}
+			closed := []byte{0x31, 12, 0, 4, 'd', 'o', 'o', 'r', 'c', 'l', 'o', 's', 'e', 'd'}
+			for _, p := range [][]byte{open, closed} {
+				if _, err := c.Write(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var got []string
+			buf := make([]byte, 1<<14)
+			for {
+				_ = r.conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+				n, err := r.conn.Read(buf)
+				if err != nil {
+					break
+				}
+				got = append(got, string(buf[8:n]))
+			}
+			if len(got) != 1 || got[0] != "closed" {
+				t.Errorf("the server read %q, want only [closed]: a record that arrived late was delivered", got)
+			}
+			if d := drops.get(handshake.DropLateRecord) - late; d != 1 {
+				t.Errorf("%d late records counted, want 1", d)
+			}
+			c.Close()
+		})
+	}
+}
+
+// tapRelay relays between one client and dst and records the size of every datagram the
+// server sends.
+type tapRelay struct {
+	pc   *net.UDPConn
+	mu   sync.Mutex
+	down []int
+	done chan struct{}
+}
+
+func newTapRelay(t *testing.T, dst *net.UDPAddr) *tapRelay {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &tapRelay{pc: pc, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		buf := make([]byte, 1<<16)
+		var client *net.UDPAddr
+		for {
+			n, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if from.Port == dst.Port {
+				r.mu.Lock()
+				r.down = append(r.down, n)
+				r.mu.Unlock()
+				if client != nil {
+					_, _ = pc.WriteToUDP(buf[:n], client)
+				}
+				continue
+			}
+			client = from
+			_, _ = pc.WriteToUDP(buf[:n], dst)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-r.done })
+	return r
+}
+
+func (r *tapRelay) sizes() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int(nil), r.down...)
+}
+
+// TestDTLSUnknownPSKIdentityLooksLikeWrongKey checks RFC 4279 §2: a client that names an
+// unknown identity sees exactly what a client with a wrong key sees (the same datagrams
+// from the server, then silence: its Finished does not decrypt), so identities cannot be
+// enumerated; the server still logs unknown_psk_identity. RefuseUnknownPSKIdentity
+// restores the explicit refusal.
+func TestDTLSUnknownPSKIdentityLooksLikeWrongKey(t *testing.T) {
+	psk := newTestPSK(t)
+	wrong := make([]byte, 32)
+	run := func(t *testing.T, cfg handshake.DTLSConfig, identity string, key []byte) ([]int, string, time.Duration) {
+		s := listenDTLSTimeout(t, cfg, 800*time.Millisecond)
+		relay := newTapRelay(t, s.addr)
+		start := time.Now()
+		if _, err := dialDTLSTimeout(t, relay.pc.LocalAddr(), 800*time.Millisecond, pskClient(identity, key, dtls.TLS_PSK_WITH_AES_128_CCM_8)...); err == nil {
+			t.Fatal("client handshake succeeded")
+		}
+		took := time.Since(start)
+		r := s.result(t)
+		time.Sleep(50 * time.Millisecond) // anything still in flight
+		return relay.sizes(), handshake.Reason(r.err), took
+	}
+	cfg := func() handshake.DTLSConfig { return handshake.DTLSConfig{PSK: psk.server(t)} }
+	wrongKey, wrongReason, _ := run(t, cfg(), "dev-1", wrong)
+	unknown, unknownReason, _ := run(t, cfg(), "dev-9", psk.key)
+	if fmt.Sprint(wrongKey) != fmt.Sprint(unknown) {
+		t.Errorf("the server sent datagrams of %v bytes to an unknown identity, %v to a wrong key: tells them apart", unknown, wrongKey)
+	}
+	if wrongReason != handshake.ReasonTimeout || unknownReason != "unknown_psk_identity" {
+		t.Errorf("reasons %q (wrong key), %q (unknown identity); want %q, %q", wrongReason, unknownReason, handshake.ReasonTimeout, "unknown_psk_identity")
+	}
+	refusing := cfg()
+	refusing.RefuseUnknownPSKIdentity = true
+	refused, reason, took := run(t, refusing, "dev-9", psk.key)
+	if reason != "unknown_psk_identity" || fmt.Sprint(refused) == fmt.Sprint(wrongKey) || took > 500*time.Millisecond {
+		t.Errorf("RefuseUnknownPSKIdentity: reason %q, datagrams %v, refused after %v; want unknown_psk_identity, an alert, at once", reason, refused, took)
 	}
 }
