@@ -57,6 +57,7 @@ type Config struct {
 	Rate     int            // hellos per second
 	Count    int            // hellos in all
 	Sources  int            // distinct source addresses, cycled through; 0 means Count
+	First    int            // index of the first source address (see Source)
 	Deadline time.Duration  // bound on the run; 0 means twice Count/Rate plus a second
 }
 
@@ -105,7 +106,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			i := res.Sent + res.Errors
 			// A fresh client random per hello (cheaply: vary its first 8 bytes).
 			binary.BigEndian.PutUint64(hello[13+12+2:], uint64(i)^uint64(start.UnixNano()))
-			if err := send(hello, Source(i%sources), uint16(1024+i%60000)); err != nil {
+			if err := send(hello, Source(cfg.First+i%sources), uint16(1024+i%60000)); err != nil {
 				res.Errors++
 			} else {
 				res.Sent++
