@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"hash/maphash"
 	"net"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +67,12 @@ const (
 	// DropUnprovenExpired: an unproven address that did not return its cookie within
 	// UnprovenTimeout, its state freed.
 	DropUnprovenExpired = "dtls_unproven_expired"
+	// DropBusy: a cookieless ClientHello shed without state because pion has not yet
+	// answered maxPending earlier ones (the CPU is saturated).
+	DropBusy = "dtls_unproven_busy"
+	// DropFull: a cookieless ClientHello shed without state because the unproven table
+	// is full of entries younger than unprovenMinAge.
+	DropFull = "dtls_unproven_full"
 	// DropQueueFull: a datagram for a session whose pion conn is not reading fast enough.
 	DropQueueFull = "dtls_queue_full"
 	// DropAcceptQueueFull: a proven session nobody accepted in time.
@@ -85,6 +93,15 @@ const (
 	hsHeaderLen      = 12
 	frontQueueLen    = 32 // datagrams waiting for one pion conn
 	frontAcceptQueue = 256
+	// maxPending bounds the cookieless hellos admitted but not yet answered by pion. Each
+	// costs pion about 40 µs of CPU; 256 of them are a few milliseconds of work, so an
+	// admitted hello is answered promptly even when hellos come faster than the CPU can
+	// answer them, and the excess is shed at the cost of a parse.
+	maxPending = 256
+	// unprovenMinAge is how long an unproven entry is safe from displacement by a newer
+	// one: several round trips on any network a device should be on. With the default
+	// MaxUnproven it caps the rate at which new unproven state is made at 16,000/s.
+	unprovenMinAge = 250 * time.Millisecond
 	// hvrLen is the size of pion's HelloVerifyRequest datagram: record header, handshake
 	// header, version (2), cookie length (1), cookie (20).
 	hvrLen = recHeaderLen + hsHeaderLen + 3 + 20
@@ -169,6 +186,9 @@ type front struct {
 	head     *frontConn // oldest unproven
 	tail     *frontConn // newest unproven
 	unproven int
+	pending  int // unproven entries pion has not answered yet
+	peak     int // most unproven entries since the table was last empty
+	shed     shedSet
 	stopping bool // Close was called: no new state
 	closed   bool // the socket is closing: nothing is routed
 
@@ -258,10 +278,18 @@ func (f *front) route(b []byte, from netip.AddrPort) {
 	}
 	if fc != nil {
 		if !fc.proven {
-			if cookie, ok := clientHelloCookie(b); ok && len(cookie) > 0 && fc.cookie != nil &&
-				subtle.ConstantTimeCompare(cookie, fc.cookie) == 1 {
+			cookie, ok := clientHelloCookie(b)
+			switch {
+			case ok && len(cookie) > 0 && fc.cookie != nil && subtle.ConstantTimeCompare(cookie, fc.cookie) == 1:
 				f.promote(fc)
-			} else if ok {
+			case ok && len(cookie) > 0:
+				// The cookie of an earlier HelloVerifyRequest to this address, whose state
+				// is gone: pion would end the handshake with access_denied. Dropped, the
+				// device answers the newer HelloVerifyRequest instead.
+				f.mu.Unlock()
+				f.drop(DropStaleCookie)
+				return
+			case ok:
 				fc.hellos++ // a retransmitted hello may be answered again
 			}
 		}
@@ -292,15 +320,39 @@ func (f *front) route(b []byte, from netip.AddrPort) {
 		f.drop(DropSmallHello)
 		return
 	}
+	// Shed this hello, for the cost of a parse, rather than take state when:
+	//   - pion is behind answering the hellos already admitted (the CPU is saturated):
+	//     queued work would delay every answer, a real device's too, and the read loop
+	//     must keep draining the socket;
+	//   - the table is full of entries younger than unprovenMinAge: displacing one that
+	//     has been answered strands its device, which keeps sending a cookie nobody
+	//     holds any more, while a device whose hello is shed simply sends it again.
+	// An address shed a moment ago that asks again (a device retransmits its hello
+	// after a second; a spoofed address rarely comes back) gets in regardless, up to a
+	// harder bound on pending work.
+	now := time.Now()
+	busy := f.pending >= maxPending
+	full := f.unproven >= f.maxUnproven && now.Sub(f.head.born) < unprovenMinAge
+	if (busy || full) && (f.pending >= 4*maxPending || !f.shed.seen(from)) {
+		f.shed.mark(from)
+		f.mu.Unlock()
+		if busy {
+			f.drop(DropBusy)
+		} else {
+			f.drop(DropFull)
+		}
+		return
+	}
 	var victim *frontConn
 	if f.unproven >= f.maxUnproven {
 		victim = f.head
 		f.forget(victim)
 	}
-	fc = &frontConn{f: f, addr: from, udpAddr: net.UDPAddrFromAddrPort(from), born: time.Now(), hellos: 1,
+	fc = &frontConn{f: f, addr: from, udpAddr: net.UDPAddrFromAddrPort(from), born: now, hellos: 1,
 		notify: make(chan struct{}, 1), closed: make(chan struct{})}
 	f.byAddr[from] = fc
 	f.link(fc)
+	f.pending++
 	f.wg.Add(1)
 	f.mu.Unlock()
 	f.stats.hellos.Add(1)
@@ -322,8 +374,9 @@ func (f *front) promote(fc *frontConn) {
 	select {
 	case f.accepted <- fc.session:
 	default:
-		fc.proven = false // so that forget does not look for it in the unproven list
-		delete(f.byAddr, fc.addr)
+		// Nobody accepts: drive closes the conn, as for one never proven.
+		fc.session = nil
+		f.forget(fc)
 		go fc.shut()
 		go f.drop(DropAcceptQueueFull)
 	}
@@ -360,8 +413,17 @@ func (f *front) unlink(fc *frontConn) {
 	f.unproven--
 }
 
+// answered notes that fc has had its HelloVerifyRequest (or never will). f.mu is held.
+func (f *front) answered(fc *frontConn) {
+	if !fc.answered {
+		fc.answered = true
+		f.pending--
+	}
+}
+
 // forget removes fc from every table. f.mu is held.
 func (f *front) forget(fc *frontConn) {
+	f.answered(fc)
 	f.unlink(fc)
 	if f.byAddr[fc.addr] == fc {
 		delete(f.byAddr, fc.addr)
@@ -384,12 +446,28 @@ func (f *front) janitor() {
 		case now := <-t.C:
 			var old []*frontConn
 			f.mu.Lock()
+			f.shed.rotate(now)
 			for f.head != nil && now.Sub(f.head.born) >= f.ttl {
 				fc := f.head
 				f.forget(fc)
 				old = append(old, fc)
 			}
+			f.peak = max(f.peak, f.unproven)
+			drained := f.unproven == 0 && f.peak >= f.maxUnproven/4
+			if drained {
+				f.peak = 0
+			}
 			f.mu.Unlock()
+			if drained {
+				// A flood has ended. Its garbage would go back to the OS over minutes;
+				// give it back now, once, so that the process returns to its size.
+				f.wg.Add(1)
+				go func() {
+					defer f.wg.Done()
+					time.Sleep(time.Second) // the drivers of the last entries finish
+					debug.FreeOSMemory()
+				}()
+			}
 			for _, fc := range old {
 				f.stats.expired.Add(1)
 				fc.shut()
@@ -486,6 +564,7 @@ type frontConn struct {
 	prev, next *frontConn
 	linked     bool
 	proven     bool
+	answered   bool   // pion has sent its HelloVerifyRequest (or fc is gone)
 	cookie     []byte // from pion's HelloVerifyRequest
 	hellos     int    // ClientHellos received while unproven: HelloVerifyRequests allowed
 	hvrs       int    // HelloVerifyRequests sent
@@ -648,6 +727,7 @@ func (fc *frontConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		fc.hvrs++
 		if fc.cookie == nil {
 			fc.cookie = hvrCookie(b)
+			f.answered(fc)
 		}
 	} else if fc.cid == "" && f.cidLen > 0 {
 		if cid, ok := serverHelloCID(b); ok && len(cid) == f.cidLen {
@@ -778,4 +858,47 @@ func (s *DTLSSession) withConn(fn func(*dtls.Conn) error) error {
 	default:
 	}
 	return nil
+}
+
+// shedSet remembers, approximately and in fixed memory, the addresses whose hello was shed
+// in the last two to four seconds: two generations of a bitmap indexed by a keyed hash of
+// the address (a false positive only lets a hello in under the harder bound).
+type shedSet struct {
+	seed    maphash.Seed
+	gen     [2][]uint64
+	rotated time.Time
+}
+
+const (
+	shedBits  = 1 << 20 // 128 KiB a generation
+	shedEvery = 2 * time.Second
+)
+
+func (s *shedSet) index(a netip.AddrPort) (int, uint64) {
+	if s.gen[0] == nil {
+		s.seed = maphash.MakeSeed()
+		s.gen[0], s.gen[1] = make([]uint64, shedBits/64), make([]uint64, shedBits/64)
+	}
+	h := maphash.Comparable(s.seed, a) % shedBits
+	return int(h / 64), 1 << (h % 64)
+}
+
+func (s *shedSet) mark(a netip.AddrPort) {
+	i, bit := s.index(a)
+	s.gen[0][i] |= bit
+}
+
+func (s *shedSet) seen(a netip.AddrPort) bool {
+	i, bit := s.index(a)
+	return (s.gen[0][i]|s.gen[1][i])&bit != 0
+}
+
+// rotate starts a new generation every shedEvery.
+func (s *shedSet) rotate(now time.Time) {
+	if s.gen[0] == nil || now.Sub(s.rotated) < shedEvery {
+		return
+	}
+	s.rotated = now
+	s.gen[0], s.gen[1] = s.gen[1], s.gen[0]
+	clear(s.gen[0])
 }

@@ -23,7 +23,7 @@ func floodCommand(out *output) *cli.Command {
 			&cli.DurationFlag{Name: "flood-duration", Value: 30 * time.Second, Usage: "how long the flood lasts"},
 			&cli.IntFlag{Name: "flood-sources", Value: 200000, Usage: "distinct spoofed source addresses (cycled)"},
 			&cli.IntFlag{Name: "devices", Value: 300, Usage: "real devices, started evenly over the flood"},
-			&cli.DurationFlag{Name: "settle", Value: 5 * time.Second, Usage: "after the flood, wait this long before the last memory sample"},
+			&cli.DurationFlag{Name: "settle", Value: 10 * time.Second, Usage: "after the flood, wait this long before the last memory sample"},
 		),
 		Action: func(c *cli.Context) error {
 			d, err := dialFrom(c)
