@@ -343,8 +343,10 @@ func (f *front) route(b []byte, from netip.AddrPort) {
 		}
 		return
 	}
+	// Displace the oldest entry only if it has had unprovenMinAge; an address let in
+	// above instead overflows the table, by at most maxPending.
 	var victim *frontConn
-	if f.unproven >= f.maxUnproven {
+	if f.unproven >= f.maxUnproven && (now.Sub(f.head.born) >= unprovenMinAge || f.unproven >= f.maxUnproven+maxPending) {
 		victim = f.head
 		f.forget(victim)
 	}

@@ -8,6 +8,7 @@
 # mqtls's RSS before, at most during, and after the flood.
 #
 # Usage: scripts/bench-dtls-flood.sh [RATE...]     (default: 20000)
+#   MQTLS=/path/to/mqtls measures that binary (an older build, say) instead of this tree's.
 #   FLOOD_DURATION=30s FLOOD_SOURCES=200000 DEVICES=300 scripts/bench-dtls-flood.sh 20000 40000
 # Spoofing any source needs a raw socket (root); otherwise the flood binds one socket per
 # hello, which is slower. Loopback only; every run is bounded in count and time.
@@ -24,7 +25,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-go build -o "$WORK/mqtls" ./cmd/mqtls
+if [[ -n ${MQTLS:-} ]]; then cp "$MQTLS" "$WORK/mqtls"; else go build -o "$WORK/mqtls" ./cmd/mqtls; fi
 go build -o "$WORK/mqtls-bench" ./cmd/mqtls-bench
 KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "flood-device:$KEY" >"$WORK/psk.txt"
