@@ -27,8 +27,12 @@ import (
 //     dropped with no state at all.
 //   - Such an address is "unproven": it gets a pion conn (which answers with a
 //     HelloVerifyRequest) in a table of at most MaxUnproven entries, for at most
-//     UnprovenTimeout; when the table is full, the oldest unproven entry is dropped. A
-//     spoofed source never answers, so a flood only churns this table.
+//     UnprovenTimeout; when the table is full, the oldest unproven entry is dropped once
+//     it is unprovenMinAge old, and until then new hellos are shed. A spoofed source
+//     never answers, so a flood only churns this table.
+//   - When pion is behind answering (maxPending hellos not yet answered), new hellos are
+//     shed too, so that work never queues up in front of a device's hello. A shed address
+//     that asks again within seconds (a device retransmitting) gets in regardless.
 //   - The front reads the cookie from pion's HelloVerifyRequest as it goes out. When the
 //     address sends a ClientHello carrying that cookie, it has proven it receives at the
 //     address: it leaves the table, can no longer be displaced, and only then does Accept
@@ -40,11 +44,11 @@ import (
 
 // Defaults for the unproven table.
 const (
-	// DefaultMaxUnproven bounds the addresses waiting to return their cookie. Under a
-	// flood of R spoofed hellos per second an unproven entry survives MaxUnproven/R
-	// seconds (0.2 s at 20,000/s), ample for a device on any sane network to answer a
-	// HelloVerifyRequest, and its memory is bounded by MaxUnproven × the cost of one pion
-	// conn waiting for its cookie (about 13 KiB, see BenchmarkDTLSFrontFlood).
+	// DefaultMaxUnproven bounds the addresses waiting to return their cookie. An entry
+	// is safe for unprovenMinAge, so new unproven state is made at most
+	// MaxUnproven/unprovenMinAge times a second (16,000/s), and the table's memory is
+	// bounded by (MaxUnproven + maxPending) × the cost of one pion conn waiting for its
+	// cookie (about 34 KiB of heap and goroutine stacks): 150 MiB.
 	DefaultMaxUnproven = 4096
 	// DefaultUnprovenTimeout is how long an address may take to return its cookie when
 	// the table is not full.
@@ -824,10 +828,15 @@ var errSessionNotReady = errors.New("DTLS session used before its handshake fini
 func (s *DTLSSession) Read([]byte) (int, error)  { return 0, errSessionNotReady }
 func (s *DTLSSession) Write([]byte) (int, error) { return 0, errSessionNotReady }
 
-// Close ends the session: its handshake if it is still running, else its conn.
+// Close ends the session: its handshake if it is still running, else its conn (with a
+// close_notify, so it must not shut the conn's socket first).
 func (s *DTLSSession) Close() error {
-	s.fc.shut()
-	<-s.done
+	select {
+	case <-s.done:
+	default:
+		s.fc.shut()
+		<-s.done
+	}
 	if s.conn != nil {
 		return s.conn.Close()
 	}
