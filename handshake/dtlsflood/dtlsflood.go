@@ -1,8 +1,3 @@
-// Package dtlsflood sends cookieless DTLS 1.2 ClientHellos from many spoofed loopback
-// source addresses: the attack a DTLS listener's cookie exchange exists for. The load tool
-// (mqtls-bench dtls-flood) and the DTLS listener's tests use it to check that real devices
-// keep connecting while it runs. It only ever sends to loopback, and every run is bounded
-// in count and in time.
 package dtlsflood
 
 import (
@@ -58,6 +53,7 @@ type Config struct {
 	Count    int            // hellos in all
 	Sources  int            // distinct source addresses, cycled through; 0 means Count
 	First    int            // index of the first source address (see Source)
+	NoRaw    bool           // bind a socket per hello even with CAP_NET_RAW
 	Deadline time.Duration  // bound on the run; 0 means twice Count/Rate plus a second
 }
 
@@ -91,7 +87,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
-	send, closeFn, raw := rawSender(cfg.Target)
+	var send sender
+	closeFn, raw := func() {}, false
+	if !cfg.NoRaw {
+		send, closeFn, raw = rawSender(cfg.Target)
+	}
 	if send == nil {
 		send, closeFn = boundSender(cfg.Target)
 	}
