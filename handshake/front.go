@@ -525,7 +525,7 @@ func (f *front) Close() error {
 		for {
 			select {
 			case s := <-f.accepted:
-				s.fc.shut()
+				go s.Close()
 				continue
 			default:
 			}
@@ -652,13 +652,15 @@ func (fc *frontConn) drive() {
 	}
 	f.mu.Lock()
 	s := fc.session
-	if s == nil {
+	if s == nil || dc == nil {
 		f.forget(fc)
 	}
 	f.mu.Unlock()
+	if s == nil || dc == nil {
+		fc.shut()
+	}
 	if s == nil {
 		// Never proven: nobody will accept it.
-		fc.shut()
 		if dc != nil {
 			dc.Close()
 		}
