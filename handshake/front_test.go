@@ -451,3 +451,76 @@ func processCPU() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// rebindRelay relays between one client and dst; after rebind, it sends the client's
+// datagrams to dst from a new socket, as a NAT that gives the device a new port does.
+type rebindRelay struct {
+	front, back, back2 *net.UDPConn
+	rebound            atomic.Bool
+	client             atomic.Pointer[net.UDPAddr]
+	done               sync.WaitGroup
+}
+
+func newRebindRelay(t *testing.T, dst *net.UDPAddr) *rebindRelay {
+	t.Helper()
+	r := &rebindRelay{}
+	for _, pc := range []**net.UDPConn{&r.front, &r.back, &r.back2} {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		*pc = c
+	}
+	pump := func(from *net.UDPConn, to func([]byte, *net.UDPAddr)) {
+		defer r.done.Done()
+		buf := make([]byte, 1<<16)
+		for {
+			n, a, err := from.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			to(buf[:n], a)
+		}
+	}
+	toClient := func(b []byte, _ *net.UDPAddr) {
+		if c := r.client.Load(); c != nil {
+			_, _ = r.front.WriteToUDP(b, c)
+		}
+	}
+	r.done.Add(3)
+	go pump(r.front, func(b []byte, a *net.UDPAddr) {
+		r.client.Store(a)
+		out := r.back
+		if r.rebound.Load() {
+			out = r.back2
+		}
+		_, _ = out.WriteToUDP(b, dst)
+	})
+	go pump(r.back, toClient)
+	go pump(r.back2, toClient)
+	t.Cleanup(func() { r.front.Close(); r.back.Close(); r.back2.Close(); r.done.Wait() })
+	return r
+}
+
+// TestDTLSRebindingByConnectionID moves the client to a new source port mid-session: the
+// connection ID routes its records to the same session, and the answers follow it.
+func TestDTLSRebindingByConnectionID(t *testing.T) {
+	psk := newTestPSK(t)
+	s := listenDTLS(t, handshake.DTLSConfig{PSK: psk.server(t)})
+	relay := newRebindRelay(t, s.addr)
+	c, err := dialDTLS(t, relay.front.LocalAddr(), pskClient("dev-1", psk.key, dtls.TLS_PSK_WITH_AES_128_GCM_SHA256)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.result(t)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	roundTrip(t, c, r.conn)
+	relay.rebound.Store(true)
+	relay.back.Close() // the old port is gone: the answers must follow the new one
+	roundTrip(t, c, r.conn)
+	if st := s.srv.Stats(); st.Sessions != 1 || st.Proven != 1 {
+		t.Errorf("front %+v, want the one session", st)
+	}
+}
