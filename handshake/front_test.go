@@ -4,10 +4,14 @@ package handshake_test
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +22,7 @@ import (
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/handshake/dtlsflood"
+	"github.com/mqtls/mqtls/proxy/datagram"
 )
 
 // dropCounts counts OnDrop reasons.
@@ -522,5 +527,51 @@ func TestDTLSRebindingByConnectionID(t *testing.T) {
 	roundTrip(t, c, r.conn)
 	if st := s.srv.Stats(); st.Sessions != 1 || st.Proven != 1 {
 		t.Errorf("front %+v, want the one session", st)
+	}
+}
+
+// TestDTLSMbedTLSClient: an mbedTLS DTLS-PSK client (what constrained devices run) does
+// the cookie exchange through the front and exchanges records with the server.
+func TestDTLSMbedTLSClient(t *testing.T) {
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		t.Fatal("no C compiler: apt-get install -y gcc libmbedtls-dev")
+	}
+	bin := filepath.Join(t.TempDir(), "client")
+	if out, err := exec.Command(cc, "-o", bin, "testdata/mbedtls/dtls_psk_client.c", "-lmbedtls", "-lmbedx509", "-lmbedcrypto").CombinedOutput(); err != nil {
+		t.Fatalf("building the mbedTLS client (apt-get install -y libmbedtls-dev): %v\n%s", err, out)
+	}
+	psk := newTestPSK(t)
+	s := listenDTLS(t, handshake.DTLSConfig{PSK: psk.server(t)})
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, "127.0.0.1", fmt.Sprint(s.addr.Port), "dev-1", hex.EncodeToString(psk.key)).CombinedOutput()
+		done <- result{out, err}
+	}()
+	r := s.result(t)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	buf := make([]byte, datagram.MaxRecord)
+	_ = r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := r.conn.Read(buf)
+	if err != nil || n < 2 || buf[0] != 0x10 {
+		t.Fatalf("server read % x, %v; want the client's CONNECT", buf[:n], err)
+	}
+	if _, err := r.conn.Write([]byte{0x20, 2, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil || !strings.Contains(string(res.out), "connack: 20 02 00 00") {
+		t.Fatalf("mbedTLS client: %v\n%s", res.err, res.out)
+	}
+	if r.id.PSKIdentity != "dev-1" {
+		t.Errorf("identity %+v, want PSK dev-1", r.id)
 	}
 }

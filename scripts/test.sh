@@ -20,17 +20,19 @@ start=$SECONDS
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
-install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file"
+install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file gcc libmbedtls-dev"
 
 command -v go >/dev/null 2>&1 || die "go is not installed (see go.mod for the version)"
 
 missing_tools() {
 	local tool out=()
 	# testssl is the command Debian's testssl.sh package installs.
-	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli testssl make file; do
+	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli testssl make file cc; do
 		# mosquitto lives in /usr/sbin, which is not on every user's PATH.
 		command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || out+=("$tool")
 	done
+	# The mbedTLS DTLS client of the handshake tests is built against libmbedtls-dev.
+	[[ -e /usr/include/mbedtls/ssl.h ]] || out+=("libmbedtls-dev")
 	echo "${out[@]:-}"
 }
 
@@ -53,7 +55,7 @@ if [[ -n $missing ]]; then
 	say "installing test tools (missing: $missing)"
 	if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then
 		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file gcc libmbedtls-dev
 		# The package may start a system broker on 1883. The tests never use that port (each
 		# starts its own broker on a free one), but do not leave a stray broker running.
 		if port_open 1883; then
