@@ -156,10 +156,11 @@ func rawSender(dst netip.AddrPort) (sender, func(), bool) {
 func boundSender(dst netip.AddrPort) (sender, func()) {
 	to := &syscall.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())}
 	send := func(b []byte, src netip.Addr, _ uint16) error {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
 		if err != nil {
 			return err
 		}
+		syscall.CloseOnExec(fd)
 		defer syscall.Close(fd)
 		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: src.As4()}); err != nil {
 			return err
