@@ -101,12 +101,12 @@ type DTLSServer struct {
 // (150 MiB with the defaults) and costs 40 to 60 µs of CPU per hello answered (pion makes
 // a conn and a HelloVerifyRequest). Measured with mqtls-bench dtls-flood on a shared
 // 2-core machine, 20,000 hellos/s for 30 s from 200,000 addresses: RSS 15 MiB → at most
-// 224 MiB, back to 51–86 MiB 10 s after; 1,774 of 1,800 real DTLS-PSK devices got their
-// CONNACK (98.6% over six runs, median run 100%), against 36% and 1.4 GiB before the
-// front existed. Success drops below 99% between 20,000 and 30,000 hellos/s (87–98% at
-// 30,000): the CPU. What a flood still does: take CPU, shed hellos above what the CPU can answer, a device's
-// first one among them (so devices retransmit), and displace a device whose round trip
-// exceeds 250 ms; an on-path attacker who receives at the addresses it spoofs is a real
+// 219 MiB, back to 51–73 MiB 10 s after; 300 of 300 real DTLS-PSK devices got their
+// CONNACK in each of two runs (36% and 1.4 GiB before the front existed), 300 of 300 at
+// 30,000 hellos/s, and 42–99% at 40,000 (the CPU is the limit, hellos are then shed
+// faster than devices retransmit). What a flood still does: take CPU, shed hellos above
+// what the CPU can answer, a device's first one among them (so devices retransmit), and
+// displace a device whose round trip exceeds 250 ms; an on-path attacker who receives at the addresses it spoofs is a real
 // client and is limited by MaxHandshakes and the per-address rate like one.
 //
 // MQTT ordering: a record that arrives after a later one of the same session is
