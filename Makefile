@@ -64,6 +64,13 @@ fuzz:
 bench-peers:
 	./scripts/bench-peers.sh $(BENCH_ARGS)
 
+# bench-dtls-flood: 20,000 spoofed ClientHellos per second for 30 s at mqtls's DTLS
+# listener while real DTLS-PSK devices connect; prints their success rate and mqtls's
+# memory. Other rates: make bench-dtls-flood FLOOD_RATES="20000 40000 80000".
+.PHONY: bench-dtls-flood
+bench-dtls-flood:
+	./scripts/bench-dtls-flood.sh $(FLOOD_RATES)
+
 # soak runs TestSoak (cmd/mqtls/soak_e2e_test.go) for MQTLS_SOAK with MQTLS_SOAK_DEVICES
 # devices: the real binary in front of a real Mosquitto while the broker is killed and
 # restarted, the certificates and PSK file rotated, the TCP listeners flooded and half the

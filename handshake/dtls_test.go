@@ -36,6 +36,7 @@ type dtlsResult struct {
 // dtlsServer is a DTLS listener whose accept loop runs every handshake and reports it.
 type dtlsServer struct {
 	ln      net.Listener
+	srv     *handshake.DTLSServer
 	addr    *net.UDPAddr
 	results chan dtlsResult
 	done    chan struct{}
@@ -55,7 +56,7 @@ func listenDTLSTimeout(tb testing.TB, cfg handshake.DTLSConfig, timeout time.Dur
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := &dtlsServer{ln: ln, addr: ln.Addr().(*net.UDPAddr), results: make(chan dtlsResult, 64), done: make(chan struct{})}
+	s := &dtlsServer{ln: ln, srv: srv, addr: ln.Addr().(*net.UDPAddr), results: make(chan dtlsResult, 64), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var conns []net.Conn
@@ -487,8 +488,9 @@ func TestDTLSRefusals(t *testing.T) {
 	}
 }
 
-// TestDTLSHandshakeDeadline checks that a client that stops mid-handshake ends with
-// handshake_timeout when the context passes, and no goroutine is left behind.
+// TestDTLSHandshakeDeadline checks that a client that stops mid-handshake, after it has
+// returned its cookie, ends with handshake_timeout when the context passes, and no
+// goroutine is left behind.
 func TestDTLSHandshakeDeadline(t *testing.T) {
 	before := runtime.NumGoroutine()
 	psk := newTestPSK(t)
@@ -496,8 +498,9 @@ func TestDTLSHandshakeDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A ClientHello from a pion client, then silence: send the first datagram only.
-	relay := newOneShot(t, ln.Addr().(*net.UDPAddr))
+	// The ClientHello, the HelloVerifyRequest and the ClientHello with the cookie pass;
+	// then silence.
+	relay := newStallRelay(t, ln.Addr().(*net.UDPAddr), 2, 1)
 	go func() {
 		pc, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		c, err := dtls.ClientWithOptions(pc, relay.addr(), pskClient("dev-1", psk.key, dtls.TLS_PSK_WITH_AES_128_CCM_8)...)
@@ -528,38 +531,45 @@ func TestDTLSHandshakeDeadline(t *testing.T) {
 	waitGoroutines(t, before)
 }
 
-// oneShot forwards only the first datagram it receives to dst, and nothing back.
-type oneShot struct {
+// stallRelay relays between one client and dst: the client's first up datagrams and the
+// server's first down datagrams, then nothing.
+type stallRelay struct {
 	pc   *net.UDPConn
 	done chan struct{}
 }
 
-func newOneShot(t *testing.T, dst *net.UDPAddr) *oneShot {
+func newStallRelay(t *testing.T, dst *net.UDPAddr, up, down int) *stallRelay {
 	t.Helper()
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &oneShot{pc: pc, done: make(chan struct{})}
+	o := &stallRelay{pc: pc, done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
 		buf := make([]byte, 2048)
-		n, _, err := pc.ReadFromUDP(buf)
-		if err != nil {
-			return
-		}
-		_, _ = pc.WriteToUDP(buf[:n], dst)
+		var client *net.UDPAddr
 		for {
-			if _, _, err := pc.ReadFromUDP(buf); err != nil {
+			n, from, err := pc.ReadFromUDP(buf)
+			if err != nil {
 				return
+			}
+			switch {
+			case from.Port == dst.Port && down > 0 && client != nil:
+				down--
+				_, _ = pc.WriteToUDP(buf[:n], client)
+			case from.Port != dst.Port && up > 0:
+				up--
+				client = from
+				_, _ = pc.WriteToUDP(buf[:n], dst)
 			}
 		}
 	}()
 	return o
 }
 
-func (o *oneShot) addr() *net.UDPAddr { return o.pc.LocalAddr().(*net.UDPAddr) }
-func (o *oneShot) close()             { o.pc.Close(); <-o.done }
+func (o *stallRelay) addr() *net.UDPAddr { return o.pc.LocalAddr().(*net.UDPAddr) }
+func (o *stallRelay) close()             { o.pc.Close(); <-o.done }
 
 func waitGoroutines(t *testing.T, before int) {
 	t.Helper()

@@ -29,7 +29,7 @@ start=$SECONDS
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 
-install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file"
+install_cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file gcc libmbedtls-dev"
 
 need_go=$(awk '$1 == "go" { print $2; exit }' go.mod)
 command -v go >/dev/null 2>&1 || die "go is not installed: install Go $need_go or newer (go.mod's go line; see https://go.dev/doc/install)"
@@ -47,10 +47,12 @@ say "testing ${pkgs[*]} ($npkgs packages) with Go $have_go; a full run takes abo
 missing_tools() {
 	local tool out=()
 	# testssl is the command Debian's testssl.sh package installs.
-	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli testssl make file; do
+	for tool in mosquitto mosquitto_pub mosquitto_sub openssl gnutls-cli testssl make file cc; do
 		# mosquitto lives in /usr/sbin, which is not on every user's PATH.
 		command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || out+=("$tool")
 	done
+	# The mbedTLS DTLS client of the handshake tests is built against libmbedtls-dev.
+	[[ -e /usr/include/mbedtls/ssl.h ]] || out+=("libmbedtls-dev")
 	echo "${out[@]:-}"
 }
 
@@ -73,7 +75,7 @@ if [[ -n $missing ]]; then
 		as_root apt-get update
 		# The mosquitto package may start a system broker on 1883. It is left alone: the
 		# tests start their own brokers on free ports, and a broker someone runs is theirs.
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y mosquitto mosquitto-clients openssl gnutls-bin testssl.sh make file gcc libmbedtls-dev
 	fi
 	missing=$(missing_tools)
 	[[ -z $missing ]] || die "missing test tools: $missing; install them with: sudo sh -c '$install_cmd'"

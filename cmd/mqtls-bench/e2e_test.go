@@ -302,6 +302,15 @@ func TestEndToEnd(t *testing.T) {
 		if m := run(t, append([]string{"ping", "--count", "20"}, psk...)...); num(t, m, "rtt_us.n") != 20 {
 			t.Fatalf("dtls-psk ping: %v", m)
 		}
+		// A small flood: 3,000 spoofed hellos in a second and a half, 5 devices meanwhile.
+		m := run(t, append([]string{"dtls-flood", "--flood-rate", "2000", "--flood-duration", "1500ms",
+			"--flood-sources", "1000", "--devices", "5", "--pid", strconv.Itoa(os.Getpid()), "--settle", "100ms"}, psk...)...)
+		if num(t, m, "flood_sent") != 3000 || num(t, m, "flood_sources") != 1000 || num(t, m, "devices") != 5 {
+			t.Errorf("dtls-flood: %v", m)
+		}
+		if num(t, m, "success_pct") != 100 || num(t, m, "mem_max.rss_kib") <= 0 {
+			t.Errorf("dtls-flood: %v, want every device through", m)
+		}
 	})
 	t.Run("refused", func(t *testing.T) {
 		// A client certificate the target does not trust: every session fails, and the

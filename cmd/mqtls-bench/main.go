@@ -10,6 +10,9 @@
 //	mqtls-bench ping   PINGREQ→PINGRESP round trips over one session
 //	mqtls-bench bulk   a stream of large PUBLISH packets, then one PINGREQ as a barrier
 //	mqtls-bench sink   an upstream for bulk: answers CONNECT and PINGREQ, discards the rest
+//	mqtls-bench dtls-flood  cookieless ClientHellos from spoofed 127.0.0.0/8 addresses at
+//	                   a DTLS listener while real DTLS-PSK devices connect: their success
+//	                   rate, the target's memory and CPU per hello
 //	mqtls-bench report medians of result lines → the markdown of BENCHMARKS.md
 //
 // Each measurement prints one JSON line on stdout. Given --pid (the target's process, or
@@ -53,6 +56,7 @@ func newApp(stdout io.Writer) *cli.App {
 			pingCommand(out),
 			bulkCommand(out),
 			sinkCommand(out),
+			floodCommand(out),
 			reportCommand(),
 		},
 	}
