@@ -20,6 +20,7 @@ type Metrics struct {
 	connections  *prometheus.CounterVec   // listener, outcome
 	refused      *prometheus.CounterVec   // listener, reason (at accept, before work)
 	handshakeErr *prometheus.CounterVec   // listener, reason
+	dtlsDropped  *prometheus.CounterVec   // listener, reason
 	handshakeDur *prometheus.HistogramVec // kind
 	decisions    *prometheus.CounterVec   // listener, outcome, reason (CONNECTs judged)
 	bytes        *prometheus.CounterVec   // listener, direction
@@ -40,6 +41,9 @@ func NewMetrics() *Metrics {
 	}, []string{"listener", "outcome"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mqtls_connections_refused_total", Help: "Connections closed at accept by a limit (max_connections, per_ip_rate).",
+	}, []string{"listener", "reason"})
+	m.dtlsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mqtls_dtls_dropped_total", Help: "Datagrams and unproven addresses a DTLS listener dropped before a handshake, by reason (dtls_unproven_evicted, dtls_stale_cookie, ...).",
 	}, []string{"listener", "reason"})
 	m.handshakeErr = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mqtls_handshake_failures_total", Help: "Failed handshakes by reason.",
@@ -67,7 +71,7 @@ func NewMetrics() *Metrics {
 	m.pskLoaded = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "mqtls_psk_identities", Help: "PSK identities loaded.",
 	})
-	m.reg.MustRegister(m.active, m.connections, m.refused, m.handshakeErr, m.handshakeDur, m.decisions,
+	m.reg.MustRegister(m.active, m.connections, m.refused, m.handshakeErr, m.dtlsDropped, m.handshakeDur, m.decisions,
 		m.bytes, m.dialFailures, m.reloads, m.expiry, m.pskLoaded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -122,3 +126,9 @@ func (m *Metrics) CountReload(file, result string) { m.reloads.WithLabelValues(f
 
 // SetPSKIdentities records how many PSK identities the listeners loaded.
 func (m *Metrics) SetPSKIdentities(n int) { m.pskLoaded.Set(float64(n)) }
+
+// DTLSDropped returns the hook a DTLS listener calls for each datagram or unproven address
+// it drops before a handshake; it never blocks.
+func (m *Metrics) DTLSDropped(listener string) func(reason string) {
+	return func(reason string) { m.dtlsDropped.WithLabelValues(listener, reason).Inc() }
+}

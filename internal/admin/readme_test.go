@@ -21,6 +21,7 @@ func TestReadmeMetrics(t *testing.T) {
 	m.connections.WithLabelValues("tcp", "forwarded")
 	m.refused.WithLabelValues("tcp", "max_connections")
 	m.handshakeErr.WithLabelValues("tcp", "not_tls")
+	m.DTLSDropped("dtls")("dtls_stale_cookie")
 	m.handshakeDur.WithLabelValues("mtls")
 	m.decisions.WithLabelValues("tcp", "forwarded", "")
 	m.bytes.WithLabelValues("tcp", "in")

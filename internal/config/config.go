@@ -106,7 +106,10 @@ type Timeouts struct {
 }
 
 type DTLS struct {
-	MaxDatagram int `yaml:"max_datagram"`
+	MaxDatagram              int      `yaml:"max_datagram"`
+	MaxUnproven              int      `yaml:"max_unproven"`
+	UnprovenTimeout          Duration `yaml:"unproven_timeout"`
+	RefuseUnknownPSKIdentity bool     `yaml:"refuse_unknown_psk_identity"`
 }
 
 type ProxyProtocol struct {
@@ -148,6 +151,9 @@ type ListenerSpec struct {
 	// ShareWith names the listener whose handshake material this one uses (the DTLS
 	// listener built from flags shares the TCP one's), "" for its own.
 	ShareWith string
+	// DTLS holds a DTLS listener's flood and debugging settings; the supervisor adds its
+	// handshake material (TLS, PSK) and drop hook.
+	DTLS handshake.DTLSConfig
 	// KeyPrefix spells the listener's keys in messages about its files: "" for flags,
 	// "listeners[2]." for the file.
 	KeyPrefix string
@@ -350,6 +356,14 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 		}
 	} else if l.Timeouts.Idle != 0 {
 		sp.Proxy.IdleTimeout = time.Duration(l.Timeouts.Idle)
+	}
+	sp.DTLS = handshake.DTLSConfig{
+		MaxUnproven:              l.DTLS.MaxUnproven,
+		UnprovenTimeout:          time.Duration(l.DTLS.UnprovenTimeout),
+		RefuseUnknownPSKIdentity: l.DTLS.RefuseUnknownPSKIdentity,
+	}
+	if l.DTLS.MaxUnproven < 0 || l.DTLS.UnprovenTimeout < 0 {
+		bad("%s and %s must not be negative (0 means the default)", key("dtls.max_unproven"), key("dtls.unproven_timeout"))
 	}
 	if sp.Proxy.MaxDatagram == 0 {
 		sp.Proxy.MaxDatagram = datagram.DefaultMaxDatagram

@@ -110,6 +110,10 @@ var Settings = []Setting{
 	{Flag: "dtls-listen", Scope: FlagOnly, Default: "", Usage: "UDP `address` to accept DTLS connections on (off when empty); same certificates, PSKs and policy as --listen"},
 	{Flag: "dtls-max-datagram", Scope: InListener, Key: "dtls.max_datagram", Default: datagram.DefaultMaxDatagram, Usage: "largest datagram sent to DTLS devices, in `bytes`; whole MQTT packets are packed up to it"},
 	{Flag: "dtls-idle-timeout", Scope: InListener, Key: "timeouts.idle", DTLSOnly: true, Default: DefaultDTLSIdle, Usage: "close a DTLS session after this long without a datagram from the device (UDP has no FIN)"},
+	// A DTLS listener's defence against spoofed-source ClientHello floods (see ListenDTLS).
+	{Flag: "dtls-max-unproven", Scope: InListener, Key: "dtls.max_unproven", Default: 0, Usage: "most source addresses holding DTLS state before they return their cookie; the oldest is displaced once 250ms old (0: 4096)"},
+	{Flag: "dtls-unproven-timeout", Scope: InListener, Key: "dtls.unproven_timeout", Default: time.Duration(0), Usage: "how long an address that has not returned its DTLS cookie keeps its state (0: 3s)"},
+	{Flag: "dtls-refuse-unknown-psk-identity", Scope: InListener, Key: "dtls.refuse_unknown_psk_identity", Default: false, Usage: "debugging only: end a DTLS handshake with an unknown PSK identity at once, which lets anyone probe for identities (default: fail it like a wrong key)"},
 	{Flag: "max-connections", Scope: InListener, Key: "limits.max_connections", Default: 0, Usage: "most open connections per listener, handshakes included; 0 for no cap"},
 	{Flag: "max-handshakes", Scope: InListener, Key: "limits.max_handshakes", Default: 0, Usage: "most handshakes in progress per listener; 0 for no cap"},
 	{Flag: "per-ip-rate", Scope: InListener, Key: "limits.per_ip_rate", Default: 0.0, Usage: "new connections per second allowed from one source address (token bucket); 0 for no limit"},

@@ -78,8 +78,9 @@ type running struct {
 // supervisor owns the listeners of one serve: it starts them, swaps their configuration
 // on a config reload, and drains them.
 type supervisor struct {
-	log   zerolog.Logger
-	hooks proxy.Hooks
+	log     zerolog.Logger
+	hooks   proxy.Hooks
+	metrics *admin.Metrics
 
 	mu        sync.Mutex
 	listeners []*running
@@ -103,7 +104,7 @@ func (v *supervisor) start(sp config.ListenerSpec) (*running, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.ln, err = bind(sp, mat, &pc); err != nil {
+	if r.ln, err = v.bind(sp, mat, &pc); err != nil {
 		return nil, fmt.Errorf("listener %s: %w", sp.Name, err)
 	}
 	r.handshaker = pc.Handshaker
@@ -131,11 +132,16 @@ func (v *supervisor) start(sp config.ListenerSpec) (*running, error) {
 // where kinds of listener differ once their material is loaded: a new kind adds its
 // Transport value in config.BuildListener, its case here, and (when its socket cannot
 // change in place) its condition in reconfigure's restart case.
-func bind(sp config.ListenerSpec, mat *material, pc *proxy.Config) (net.Listener, error) {
+func (v *supervisor) bind(sp config.ListenerSpec, mat *material, pc *proxy.Config) (net.Listener, error) {
 	switch sp.Transport {
 	case "dtls":
 		// pion builds the handshake into its listener, so the server's handshaker is its.
-		ln, dtlsSrv, err := handshake.ListenDTLS(sp.Listen, handshake.DTLSConfig{TLS: mat.tls, PSK: mat.psk})
+		dc := sp.DTLS
+		dc.TLS, dc.PSK = mat.tls, mat.psk
+		if v.metrics != nil {
+			dc.OnDrop = v.metrics.DTLSDropped(sp.Name)
+		}
+		ln, dtlsSrv, err := handshake.ListenDTLS(sp.Listen, dc)
 		if err != nil {
 			return nil, err
 		}
@@ -204,11 +210,12 @@ func (v *supervisor) reconfigure(specs []config.ListenerSpec, drain time.Duratio
 			var mat *material
 			var err error
 			sameFiles := reflect.DeepEqual(old.spec.TLS, sp.TLS) && old.spec.PSKFile == sp.PSKFile &&
-				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint
+				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint &&
+				reflect.DeepEqual(old.spec.DTLS, sp.DTLS)
 			switch {
 			case sp.Transport == "dtls" && !sameFiles:
 				// pion builds the handshake into its listener: new files need a new one.
-				err = fmt.Errorf("listener %s: a DTLS listener's certificate, CA or PSK settings change only with a restart of the listener; change its address or restart mqtls", sp.Name)
+				err = fmt.Errorf("listener %s: a DTLS listener's certificate, CA, PSK or dtls settings change only with a restart of the listener; change its address or restart mqtls", sp.Name)
 			case sameFiles:
 				mat = old.mat // the files are watched and reloaded on their own
 			default:
@@ -295,7 +302,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			ready.UpstreamOK.Store(time.Now().UnixNano())
 		}
 	}
-	v := &supervisor{log: log, hooks: hooks, fail: make(chan error, 1)}
+	v := &supervisor{log: log, hooks: hooks, metrics: m, fail: make(chan error, 1)}
 	defer func() {
 		for _, r := range v.all() {
 			r.ln.Close()
