@@ -47,7 +47,7 @@ func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
 			if err != nil {
 				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, sp.Key("psk.file"), err)
 			}
-			if m.psk, err = handshake.NewPSKServer(store, sp.PSKHint); err != nil {
+			if m.psk, err = handshake.NewPSKServerWithOptions(store, sp.PSKOptions); err != nil {
 				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, sp.Key("psk.hint"), err)
 			}
 		}
@@ -204,7 +204,7 @@ func (v *supervisor) reconfigure(specs []config.ListenerSpec, drain time.Duratio
 			var mat *material
 			var err error
 			sameFiles := reflect.DeepEqual(old.spec.TLS, sp.TLS) && old.spec.PSKFile == sp.PSKFile &&
-				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint
+				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint && old.spec.PSKOptions == sp.PSKOptions
 			switch {
 			case sp.Transport == "dtls" && !sameFiles:
 				// pion builds the handshake into its listener: new files need a new one.
@@ -335,7 +335,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		defer bgDone.Done()
 		mem.run(bg, cfg.MemRelease, log)
 	}()
-	rl := &reloader{log: log, m: m, sup: v, revokeTerminates: cfg.Admin.RevokeTerminates}
+	rl := &reloader{log: log, m: m, sup: v, revokeTerminates: cfg.Admin.RevokeTerminates, crlWindow: cfg.Admin.CRLExpiryWarning}
 	rl.snapshot()
 	hup := make(chan struct{}, 1)
 	bgDone.Add(1)
@@ -356,6 +356,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		}
 		ev.Msg("starting")
 	}
+	warnPermissions(log, cfg.Listeners)
 	ready.Bound.Store(true)
 	adminErr := make(chan error, 1)
 	if adminSrv != nil {
