@@ -96,7 +96,9 @@ func TestPinnedKeys(t *testing.T) {
 			if err == nil {
 				t.Errorf("%s (%s) got in:\n%s", d.name, d.certFile, out)
 			}
-			e := s.audit(t, func(e logEntry) bool { return e.str("outcome") == "handshake_failed" && strings.Contains(e.str("error"), d.name) })
+			e := s.audit(t, func(e logEntry) bool {
+				return e.str("outcome") == "handshake_failed" && strings.Contains(e.str("error"), d.name)
+			})
 			wantAudit(t, e, map[string]string{"reason": "key_not_pinned", "identity": ""})
 		}
 		b.wantNoConnections(t)
