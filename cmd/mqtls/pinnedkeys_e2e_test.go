@@ -111,6 +111,46 @@ func TestPinnedKeys(t *testing.T) {
 		wantAudit(t, e, map[string]string{"identity": "dev-A", "identity_kind": "pinned_key", "client_id_forwarded": "dev-A"})
 	})
 
+	t.Run("converted from stunnel verifyPeer", func(t *testing.T) {
+		// stunnel trusts exactly the listed certificates; convert must pin their keys, not
+		// make each listed device a CA.
+		b := startBroker(t, aclClientID)
+		peers := filepath.Join(dir, "stunnel-peers.pem")
+		data, err := os.ReadFile(devA.certFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(peers, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		conf := writeConfig(t, dir, "stunnel.conf", "[devices]\naccept = 127.0.0.1:0\nconnect = "+b.addr+
+			"\ncert = "+p.serverCertFile+"\nkey = "+p.serverKey+"\nCAfile = "+peers+"\nverifyPeer = yes\n", nil)
+		stdout, stderr, err := convertApp(t, conf)
+		if err != nil {
+			t.Fatalf("convert stunnel: %v\n%s", err, stderr)
+		}
+		keysFile := filepath.Join(dir, "stunnel-peers.keys")
+		if !strings.Contains(stdout, "client_keys: "+keysFile) || strings.Contains(stdout, "client_ca") {
+			t.Fatalf("converted config does not pin keys with %s:\n%s", keysFile, stdout)
+		}
+		if fi, err := os.Stat(keysFile); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("convert wrote no 0600 %s (%v)", keysFile, err)
+		}
+		s := startConfigServer(t, signals{}, writeConfig(t, dir, "converted.yaml", stdout, nil), "devices")
+		addr := s.addrOf(t, "devices")
+		if out, err := forgedB.pub(t, addr, p.caFile, "dev-B", "devices/dev-B/x"); err == nil {
+			t.Errorf("forged dev-B got in through the converted config:\n%s", out)
+		}
+		wantAudit(t, s.audit(t, func(e logEntry) bool { return e.str("outcome") == "handshake_failed" }),
+			map[string]string{"reason": "key_not_pinned"})
+		b.wantNoConnections(t)
+		if out, err := devA.pub(t, addr, p.caFile, "dev-A", "devices/dev-A/temp"); err != nil {
+			t.Fatalf("dev-A through the converted config: %v\n%s", err, out)
+		}
+		wantAudit(t, s.audit(t, func(e logEntry) bool { return e.str("outcome") == "forwarded" }),
+			map[string]string{"identity": "dev-A", "identity_kind": "pinned_key"})
+	})
+
 	t.Run("hazard: the same certificates as --client-ca", func(t *testing.T) {
 		b := startBroker(t, aclClientID)
 		s := startServer(t, "--upstream", b.addr, "--cert", p.serverCertFile, "--key", p.serverKey,
