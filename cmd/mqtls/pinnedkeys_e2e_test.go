@@ -162,3 +162,33 @@ func TestPinnedKeys(t *testing.T) {
 		wantAudit(t, e, map[string]string{"identity": "dev-B", "client_id_forwarded": "dev-B"})
 	})
 }
+
+// TestDTLSPinnedKeys: the DTLS listener takes the same --client-keys: a pion device with a
+// pinned self-signed certificate is named by its line, an unlisted one is refused.
+func TestDTLSPinnedKeys(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	b := startBroker(t, aclClientID)
+	devA, lineA := selfSignedDevice(t, p, "dev-A")
+	devC, _ := selfSignedDevice(t, p, "dev-C")
+	keys := writeConfig(t, p.dir, "devices.keys", lineA, nil)
+	s, dtlsAddr := startDTLSServer(t, "--upstream", b.addr, "--cert", p.serverCertFile, "--key", p.serverKey,
+		"--client-keys", keys, "--client-id", "rewrite")
+
+	if _, local, err := dtlsCertClient(p, devC).dial(t, dtlsAddr); err == nil {
+		t.Error("an unlisted key completed a DTLS handshake")
+	} else {
+		wantAudit(t, s.auditFrom(t, local), map[string]string{"outcome": "handshake_failed", "reason": "key_not_pinned", "listener": "dtls"})
+	}
+	b.wantNoConnections(t)
+
+	conn, local := dtlsCertClient(p, devA).mustDial(t, dtlsAddr)
+	dc, rc := dtlsRawConnect(t, conn, "anything")
+	if rc != 0 {
+		t.Fatalf("CONNACK %#x, want 0", rc)
+	}
+	dtlsDisconnect(t, dc)
+	wantAudit(t, s.auditFrom(t, local), map[string]string{
+		"outcome": "forwarded", "listener": "dtls", "identity": "dev-A", "identity_kind": "pinned_key", "client_id_forwarded": "dev-A",
+	})
+}
