@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -272,4 +273,37 @@ func TestCRLFiles(t *testing.T) {
 		refused(t, s, victim, "revoked_cert")
 		accepted(t, s, other)
 	})
+}
+
+// TestStartWarnings: at start, a private key, PSK file or pinned-key file others may read
+// is warned about (naming the file and its setting), and a CRL whose next update falls
+// within --crl-expiry-warning (24h by default) is warned about whatever --expiry-warning
+// says, since CRLs are reissued far more often than certificates.
+func TestStartWarnings(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	_, line := selfSignedDevice(t, p, "dev-A")
+	keys := writeConfig(t, p.dir, "devices.keys", line, nil)
+	psk := writePSKFile(t, p.dir, "psk.txt", "dev-1:"+randomHexKey(t))
+	crlPEM, err := p.ca.CRLWindow(time.Now().Add(-time.Hour), time.Now().Add(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := handshaketest.WriteFile(p.dir, "soon.crl", crlPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{p.serverKey, keys, psk} {
+		if err := os.Chmod(f, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := startServer(t, append(p.serverArgs("127.0.0.1:1", true), "--client-keys", keys, "--psk-file", psk, "--crl", crl,
+		"--expiry-warning", "1h")...)
+	for _, f := range []struct{ file, flag string }{{p.serverKey, "--key"}, {keys, "--client-keys"}, {psk, "--psk-file"}} {
+		e := s.waitLine(t, "file readable or writable by group or others: chmod 600 it", func(e logEntry) bool { return e.str("file") == f.file })
+		wantAudit(t, e, map[string]string{"level": "warn", "setting": f.flag, "mode": "-rw-r--r--"})
+	}
+	e := s.waitLine(t, "CRL next update due soon: publish a new CRL", nil)
+	wantAudit(t, e, map[string]string{"file": crl, "role": "crl"})
 }
