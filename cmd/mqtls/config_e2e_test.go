@@ -142,7 +142,7 @@ func TestConfigErrors(t *testing.T) {
 			`listeners[0].transport "quic": want tcp or dtls`},
 		{"several at once", "log: {format: xml}\nlisteners:\n" + listener + "    policy: {client_id: enforce}\n",
 			"log.format \"xml\": want json or console\n" +
-				"listeners[0].policy.client_id enforce needs an identity, but without listeners[0].tls.client_ca or listeners[0].psk.file no device proves one: add listeners[0].tls.client_ca (device certificates) or listeners[0].psk.file (pre-shared keys), or drop listeners[0].policy.client_id enforce"},
+				"listeners[0].policy.client_id enforce needs an identity, but without listeners[0].tls.client_ca, listeners[0].tls.client_keys or listeners[0].psk.file no device proves one: add listeners[0].tls.client_ca (device certificates), listeners[0].tls.client_keys (pinned device keys) or listeners[0].psk.file (pre-shared keys), or drop listeners[0].policy.client_id enforce"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			file := writeConfig(t, dir, strings.ReplaceAll(tc.name, " ", "-")+".yaml", tc.file, nil)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -39,16 +40,42 @@ func convertCommand(stdout, stderr io.Writer) *cli.Command {
 				if err != nil {
 					return fmt.Errorf("reading stunnel config: %w", err)
 				}
-				out, notes, err := stunnel.Convert(file, data)
+				out, notes, keyFiles, err := stunnel.ConvertFiles(file, data, os.ReadFile)
 				for _, n := range notes {
 					fmt.Fprintln(stderr, n)
 				}
 				if err != nil {
 					return err
 				}
+				for _, kf := range keyFiles {
+					if err := writeNew(kf.Path, kf.Data); err != nil {
+						return err
+					}
+					fmt.Fprintf(stderr, "wrote the pinned keys tls.client_keys names to %s\n", kf.Path)
+				}
 				_, err = stdout.Write(out)
 				return err
 			},
 		}},
 	}
+}
+
+// writeNew writes a file the converted config names (mode 0600). An existing file is left
+// alone: the same contents are fine (convert run again), others are an error.
+func writeNew(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		if old, rerr := os.ReadFile(path); rerr == nil && bytes.Equal(old, data) {
+			return nil
+		}
+		return fmt.Errorf("%s exists with other contents: not overwriting it; remove it, or move it away, and convert again", path)
+	}
+	if err != nil {
+		return fmt.Errorf("writing pinned keys: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("writing pinned keys %s: %w", path, err)
+	}
+	return f.Close()
 }

@@ -2,7 +2,7 @@
 // mutual TLS and TLS-PSK sessions, binds the identity the handshake proved to the MQTT
 // client ID and user name, and pipes the session to an unmodified broker.
 //
-// This package is the command line only: its commands (serve, check, convert, psk,
+// This package is the command line only: its commands (serve, check, convert, psk, keys,
 // version), their flags, and the wiring from them to the packages that do the work:
 // internal/config (every setting: flags, config file, validation), internal/supervisor
 // (running listeners, reload, drain), internal/admin (metrics and the admin endpoints),
@@ -96,6 +96,7 @@ func newAppWith(stdout, stderr io.Writer, sig signals) *cli.App {
 		checkCommand(stdout),
 		convertCommand(stdout, stderr),
 		pskCommand(stdout),
+		keysCommand(stdout),
 		{
 			Name:  "version",
 			Usage: "print the version",

@@ -75,6 +75,12 @@ func testRotationUnderLoad(t *testing.T, revokeTerminates bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Once a CRL is configured every client CA needs one: the new CA's goes in the same file.
+	newCRL, err := newCA.CRL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crlV2 = append(crlV2, newCRL...)
 	vol := newSecretVolume(t, "..2026_v1", map[string][]byte{
 		"tls.crt": serverV1.CertPEM, "tls.key": serverV1.KeyPEM, "ca.crt": p.ca.CertPEM, "ca.crl": crlV1,
 	})

@@ -19,8 +19,8 @@ import (
 )
 
 // The suite mosquitto_pub and openssl s_client (OpenSSL 3) negotiate with mqtls's TLS-PSK
-// server when left to their defaults: ECDHE_PSK, forward secret, first in both lists.
-const defaultPSKSuite = "TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256"
+// server when left to their defaults: TLS 1.3, psk_dhe_ke, the first suite of both lists.
+const defaultPSKSuite = "TLS_AES_128_GCM_SHA256"
 
 // writePSKFile writes lines to dir/name and returns the path.
 func writePSKFile(t *testing.T, dir, name string, lines ...string) string {
@@ -42,14 +42,15 @@ func randomHexKey(t *testing.T) string {
 	return hex.EncodeToString(k)
 }
 
-// wantPSKSession checks the audit fields of a session a PSK device opened.
+// wantPSKSession checks the audit fields of a TLS 1.3 session a PSK device opened, whose
+// identity is its PSK identity.
 func wantPSKSession(t *testing.T, e logEntry, identity, suite string) {
 	t.Helper()
 	wantAudit(t, e, map[string]string{
 		"identity":      identity,
 		"identity_kind": "psk",
 		"psk_identity":  identity,
-		"tls_version":   "TLS 1.2",
+		"tls_version":   "TLS 1.3",
 		"cipher_suite":  suite,
 	})
 }
@@ -176,7 +177,7 @@ func TestPSKRefusals(t *testing.T) {
 			bin      string
 			args     []string // the peer's arguments after the address
 			peerSays string   // in the peer's output, lower-cased
-			reason   string
+			reason   string   // in the server's log
 		}{
 			{
 				name: "openssl wrong key", server: pskOnly, bin: "openssl",
@@ -184,9 +185,25 @@ func TestPSKRefusals(t *testing.T) {
 				peerSays: "alert decrypt error", reason: "decrypt_error",
 			},
 			{
+				// Answered like a wrong key, so identities cannot be probed; the log knows.
 				name: "openssl unknown identity", server: pskOnly, bin: "openssl",
 				args:     []string{"-tls1_2", "-psk", dev.keyHex, "-psk_identity", "dev-9"},
-				peerSays: "alert unknown psk identity", reason: "unknown_psk_identity",
+				peerSays: "alert decrypt error", reason: "unknown_psk_identity",
+			},
+			{
+				name: "openssl TLS 1.3 unknown identity", server: pskOnly, bin: "openssl",
+				args:     []string{"-tls1_3", "-psk", dev.keyHex, "-psk_identity", "dev-9"},
+				peerSays: "alert decrypt error", reason: "unknown_psk_identity",
+			},
+			{
+				name: "openssl TLS 1.2 against --min-tls 1.3", server: append([]string{"--min-tls", "1.3"}, pskOnly...), bin: "openssl",
+				args:     []string{"-tls1_2", "-psk", dev.keyHex, "-psk_identity", "dev-1"},
+				peerSays: "alert protocol version", reason: "protocol_version",
+			},
+			{
+				name: "openssl TLS 1.3 with no group mqtls has", server: pskOnly, bin: "openssl",
+				args:     []string{"-tls1_3", "-groups", "P-384", "-psk", dev.keyHex, "-psk_identity", "dev-1"},
+				peerSays: "alert handshake failure", reason: "no_shared_group",
 			},
 			{
 				name: "mosquitto_pub wrong key", server: pskOnly, bin: "mosquitto_pub",
@@ -251,8 +268,9 @@ func TestPSKRefusals(t *testing.T) {
 				{"DEV-1", dev.keyHex, "unknown_psk_identity"}, // identities are matched exactly
 			} {
 				_, local, err := dialPSK(t, s.addr, &tlspsk.ClientConfig{Identity: tc.identity, Key: mustDecodeHex(t, tc.key)})
-				if tlspsk.ReasonOf(err) != tc.reason {
-					t.Errorf("%s: client error %v, want the server's %s alert", tc.identity, err, tc.reason)
+				// The client sees a wrong key either way; only the log tells them apart.
+				if tlspsk.ReasonOf(err) != "decrypt_error" {
+					t.Errorf("%s: client error %v, want the server's decrypt_error alert", tc.identity, err)
 				}
 				e := s.auditFrom(t, local)
 				wantAudit(t, e, map[string]string{"outcome": "handshake_failed", "reason": tc.reason})
@@ -272,7 +290,8 @@ func mustDecodeHex(t *testing.T, s string) []byte {
 }
 
 // TestPSKMixedListener: one listener with a certificate, a client CA and a PSK file serves
-// both kinds of device at once, each bound to its own identity ({cn}{psk} by default).
+// both kinds of device at once, each bound to its own identity ({cn}psk-{psk} by default:
+// PSK device dev-1 is psk-dev-1, and no certificate can be that).
 func TestPSKMixedListener(t *testing.T) {
 	t.Parallel()
 	p := newPKI(t)
@@ -280,7 +299,7 @@ func TestPSKMixedListener(t *testing.T) {
 	psk := pskDevice{identity: "dev-1", keyHex: randomHexKey(t)}
 	file := writePSKFile(t, p.dir, "psk.txt", "# gateway devices", psk.identity+":"+psk.keyHex)
 	s := startServer(t, append(p.serverArgs(b.addr, true), "--psk-file", file, "--client-id", "enforce")...)
-	wantAudit(t, s.logLine(t, "starting"), map[string]string{"identity": "{cn}{psk}", "client_auth": "require", "psk_identities": "1"})
+	wantAudit(t, s.logLine(t, "starting"), map[string]string{"identity": "{cn}psk-{psk}", "client_auth": "require", "psk_identities": "1"})
 	cert := p.device(t, "sensor-1")
 
 	// The certificate device stays subscribed while the PSK device publishes.
@@ -288,39 +307,101 @@ func TestPSKMixedListener(t *testing.T) {
 	b.waitLog(t, "Sending SUBACK to sensor-1")
 
 	t.Run("each kind refused under the other's identity", func(t *testing.T) {
-		out, err := psk.pub(t, s.addr, "sensor-1", "mqttv311", "devices/sensor-1/x", "x")
-		if err == nil || !strings.Contains(out, "identifier rejected") {
-			t.Errorf("PSK device as sensor-1: err %v, output %q; want \"identifier rejected\"", err, out)
+		for _, id := range []string{"sensor-1", "dev-1"} {
+			out, err := psk.pub(t, s.addr, id, "mqttv311", "devices/"+id+"/x", "x")
+			if err == nil || !strings.Contains(out, "identifier rejected") {
+				t.Errorf("PSK device as %s: err %v, output %q; want \"identifier rejected\"", id, err, out)
+			}
+			e := s.audit(t, func(e logEntry) bool { return e.str("client_id") == id && e.str("outcome") == "rejected" })
+			wantAudit(t, e, map[string]string{"reason": "client_id_mismatch", "identity": "psk-dev-1", "identity_kind": "psk"})
 		}
-		out, err = cert.pub(t, s.addr, "dev-1", "mqttv311", "devices/dev-1/x", "x")
+		out, err := cert.pub(t, s.addr, "psk-dev-1", "mqttv311", "devices/psk-dev-1/x", "x")
 		if err == nil || !strings.Contains(out, "identifier rejected") {
-			t.Errorf("certificate device as dev-1: err %v, output %q; want \"identifier rejected\"", err, out)
+			t.Errorf("certificate device as psk-dev-1: err %v, output %q; want \"identifier rejected\"", err, out)
 		}
-		e := s.audit(t, func(e logEntry) bool { return e.str("client_id") == "sensor-1" && e.str("outcome") == "rejected" })
-		wantAudit(t, e, map[string]string{"reason": "client_id_mismatch", "identity": "dev-1", "identity_kind": "psk"})
-		e = s.audit(t, func(e logEntry) bool { return e.str("client_id") == "dev-1" && e.str("outcome") == "rejected" })
+		e := s.audit(t, func(e logEntry) bool { return e.str("client_id") == "psk-dev-1" && e.str("outcome") == "rejected" })
 		wantAudit(t, e, map[string]string{"reason": "client_id_mismatch", "identity": "sensor-1", "identity_kind": "certificate"})
 	})
 
-	psk.mustPub(t, s.addr, "dev-1", "mqttv311", "devices/dev-1/temp", "21.5")
-	if got, want := sub.lines(t), []string{"devices/dev-1/temp 21.5"}; !equalLines(got, want) {
+	t.Run("a certificate for CN psk-dev-1 cannot pose as the PSK device", func(t *testing.T) {
+		out, err := p.device(t, "psk-dev-1").pub(t, s.addr, "psk-dev-1", "mqttv311", "devices/psk-dev-1/x", "forged")
+		if err == nil {
+			t.Errorf("certificate for CN psk-dev-1 was accepted as psk-dev-1:\n%s", out)
+		}
+		e := s.audit(t, func(e logEntry) bool {
+			return e.str("client_id") == "psk-dev-1" && e.str("identity_kind") == "certificate" && e.str("outcome") == "rejected" && e.str("reason") != "client_id_mismatch"
+		})
+		wantAudit(t, e, map[string]string{"reason": "identity_ambiguous"})
+	})
+
+	psk.mustPub(t, s.addr, "psk-dev-1", "mqttv311", "devices/psk-dev-1/temp", "21.5")
+	if got, want := sub.lines(t), []string{"devices/psk-dev-1/temp 21.5"}; !equalLines(got, want) {
 		t.Errorf("certificate subscriber got %q, want %q", got, want)
 	}
 
-	e := s.audit(t, func(e logEntry) bool { return e.str("client_id") == "dev-1" && e.str("outcome") == "forwarded" })
-	wantPSKSession(t, e, "dev-1", defaultPSKSuite)
+	e := s.audit(t, func(e logEntry) bool { return e.str("client_id") == "psk-dev-1" && e.str("outcome") == "forwarded" })
+	wantAudit(t, e, map[string]string{"identity": "psk-dev-1", "identity_kind": "psk", "psk_identity": "dev-1", "tls_version": "TLS 1.3", "cipher_suite": defaultPSKSuite})
 	e = s.audit(t, func(e logEntry) bool { return e.str("client_id") == "sensor-1" && e.str("outcome") == "forwarded" })
 	wantAudit(t, e, map[string]string{"identity": "sensor-1", "identity_kind": "certificate", "psk_identity": "", "tls_version": "TLS 1.3"})
 
-	// MQTT 5.0 over the package's own TLS-PSK client, on the same listener.
-	conn, _, err := dialPSK(t, s.addr, &tlspsk.ClientConfig{Identity: "dev-1", Key: mustDecodeHex(t, psk.keyHex)})
+	// MQTT 5.0 over the package's own TLS-PSK client (TLS 1.3), on the same listener.
+	conn, _, err := dialPSK(t, s.addr, &tlspsk.ClientConfig{Identity: "dev-1", Key: mustDecodeHex(t, psk.keyHex),
+		Versions: []uint16{tlspsk.VersionTLS13}})
 	if err != nil {
-		t.Fatalf("in-process TLS-PSK client: %v", err)
+		t.Fatalf("in-process TLS 1.3 PSK client: %v", err)
 	}
-	if rc := rawConnect(t, conn, 5, "dev-1"); rc != 0 {
+	if v := conn.ConnectionState().Version; v != tlspsk.VersionTLS13 {
+		t.Errorf("in-process client negotiated %#04x, want TLS 1.3", v)
+	}
+	if rc := rawConnect(t, conn, 5, "psk-dev-1"); rc != 0 {
 		t.Errorf("MQTT 5.0 CONNECT over TLS-PSK: reason %#x, want 0", rc)
 	}
-	b.waitLog(t, " as dev-1 (p5,")
+	b.waitLog(t, " as psk-dev-1 (p5,")
+}
+
+// TestPSKListenerOptions: --psk-allow-no-dhe lets a TLS 1.3 client that offers only
+// psk_ke (no forward secrecy) in, which the default refuses (psk_ke_refused), and
+// --psk-reveal-unknown-identity answers an unknown identity with its own alert rather than
+// like a wrong key.
+func TestPSKListenerOptions(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dev := pskDevice{identity: "dev-1", keyHex: randomHexKey(t)}
+	file := writePSKFile(t, dir, "psk.txt", dev.identity+":"+dev.keyHex)
+	b := startBroker(t, "")
+	gnutlsPSKKE := func(addr string) (string, error) {
+		host, port, _ := net.SplitHostPort(addr)
+		return runPeerBin(t, "gnutls-cli", "--priority", "NORMAL:-KX-ALL:+PSK:-VERS-ALL:+VERS-TLS1.3",
+			"--pskusername", dev.identity, "--pskkey", dev.keyHex, "-p", port, host)
+	}
+
+	t.Run("psk_ke only refused by default", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "--upstream", b.addr, "--psk-file", file)
+		if out, err := gnutlsPSKKE(s.addr); err == nil || !strings.Contains(out, "Handshake failed") {
+			t.Errorf("gnutls-cli offering only psk_ke: err %v, want a refused handshake:\n%s", err, out)
+		}
+		wantAudit(t, s.audit(t, func(logEntry) bool { return true }), map[string]string{"outcome": "handshake_failed", "reason": "psk_ke_refused"})
+	})
+	t.Run("psk_ke only accepted with --psk-allow-no-dhe", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "--upstream", b.addr, "--psk-file", file, "--psk-allow-no-dhe")
+		if out, err := gnutlsPSKKE(s.addr); strings.Contains(out, "Handshake failed") {
+			t.Errorf("gnutls-cli offering only psk_ke: err %v, want a handshake:\n%s", err, out)
+		}
+		e := s.audit(t, func(logEntry) bool { return true })
+		wantAudit(t, e, map[string]string{"identity_kind": "psk", "psk_identity": "dev-1", "tls_version": "TLS 1.3"})
+	})
+	t.Run("unknown identity revealed with --psk-reveal-unknown-identity", func(t *testing.T) {
+		t.Parallel()
+		s := startServer(t, "--upstream", b.addr, "--psk-file", file, "--psk-reveal-unknown-identity")
+		out, err := runPeerBin(t, "openssl", "s_client", "-connect", s.addr, "-tls1_3", "-psk", dev.keyHex, "-psk_identity", "dev-9")
+		if err == nil || !strings.Contains(strings.ToLower(out), "alert unknown psk identity") {
+			t.Errorf("openssl with an unknown identity: err %v, want the unknown_psk_identity alert:\n%s", err, out)
+		}
+		wantAudit(t, s.audit(t, func(logEntry) bool { return true }), map[string]string{"outcome": "handshake_failed", "reason": "unknown_psk_identity"})
+	})
+	b.wantNoConnections(t)
 }
 
 // TestPSKStunnelFormat: with --psk-format stunnel, a key of hex digits of even length is
@@ -407,7 +488,8 @@ func TestPSKBadFlags(t *testing.T) {
 		{"--psk-format without --psk-file", append([]string{"--psk-format", "stunnel"}, cert...), []string{"--psk-format", "--psk-file"}},
 		{"unknown --psk-format", []string{"--psk-file", good, "--psk-format", "openssl"}, []string{"--psk-format"}},
 		{"--psk-hint too long", []string{"--psk-file", good, "--psk-hint", strings.Repeat("h", 2000)}, []string{"--psk-hint", "2000 bytes"}},
-		{"--min-tls 1.3 with PSK", []string{"--psk-file", good, "--min-tls", "1.3"}, []string{"--min-tls", "--psk-file"}},
+		{"--psk-allow-no-dhe without --psk-file", append([]string{"--psk-allow-no-dhe"}, cert...), []string{"--psk-allow-no-dhe", "--psk-file"}},
+		{"--psk-reveal-unknown-identity without --psk-file", append([]string{"--psk-reveal-unknown-identity"}, cert...), []string{"--psk-reveal-unknown-identity", "--psk-file"}},
 		{"--client-id enforce with {cn} on a PSK-only listener", []string{"--psk-file", good, "--client-id", "enforce", "--identity", "{cn}"},
 			[]string{"--identity", "{psk}"}},
 		{"--client-ca on a PSK-only listener", []string{"--psk-file", good, "--client-ca", p.caFile}, []string{"--client-ca", "--cert"}},

@@ -228,14 +228,14 @@ func TestTLSAuditProbes(t *testing.T) {
 		{name: "openssl renegotiation", bin: "openssl", args: openssl("-tls1_2"), stdin: "R\n",
 			peerSays: "no renegotiation", outcome: "bad_first_packet", reason: "renegotiation_refused"},
 
-		// Versions below (and above) TLS 1.2.
+		// Versions below TLS 1.2; TLS 1.3 needs a PSK.
 		{name: "hello SSL 3.0", hello: handClientHello(0x0300, 0x00a8, 0x008c), peerSays: "", reason: "protocol_version"},
 		{name: "openssl TLS 1.0", bin: "openssl", args: openssl("-tls1", "-cipher", "PSK@SECLEVEL=0"), peerSays: alert70, reason: "protocol_version"},
 		{name: "openssl TLS 1.1", bin: "openssl", args: openssl("-tls1_1", "-cipher", "PSK@SECLEVEL=0"), peerSays: alert70, reason: "protocol_version"},
-		{name: "openssl TLS 1.3 only", bin: "openssl", args: openssl("-tls1_3"), peerSays: alert70, reason: "protocol_version"},
+		{name: "openssl TLS 1.3 only", bin: "openssl", args: openssl("-tls1_3"), ok: true, reason: "client_closed"}, // TLS 1.3 PSK
 		{name: "gnutls-cli TLS 1.0", bin: "gnutls-cli", args: gnutls("NORMAL:-VERS-ALL:+VERS-TLS1.0:-KX-ALL:+PSK"), peerSays: "error in protocol version", reason: "protocol_version"},
 		{name: "gnutls-cli TLS 1.1", bin: "gnutls-cli", args: gnutls("NORMAL:-VERS-ALL:+VERS-TLS1.1:-KX-ALL:+PSK"), peerSays: "error in protocol version", reason: "protocol_version"},
-		{name: "gnutls-cli TLS 1.3 only", bin: "gnutls-cli", args: gnutls("NORMAL:-VERS-ALL:+VERS-TLS1.3"), peerSays: "error in protocol version", reason: "protocol_version"},
+		{name: "gnutls-cli TLS 1.3 without PSK", bin: "gnutls-cli", args: gnutls("NORMAL:-VERS-ALL:+VERS-TLS1.3"), peerSays: "handshake failed", reason: "no_shared_cipher"},
 		{name: "SSLv2-format hello", hello: sslv2Hello(), reason: "not_tls"},
 
 		// CBC with MAC-then-encrypt (Lucky13): refused unless encrypt_then_mac is offered.

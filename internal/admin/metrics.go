@@ -114,9 +114,17 @@ func (m *Metrics) Hooks() proxy.Hooks {
 // SetFiles records the expiry of what a TLS server loaded, replacing what was there.
 func (m *Metrics) SetFiles(files []handshake.FileInfo) {
 	m.expiry.Reset()
+	// Two CRLs of one issuer in one file share their labels: the earlier expiry is the one
+	// to act on.
+	earliest := map[[3]string]int64{}
 	for _, f := range files {
-		if !f.NotAfter.IsZero() {
-			m.expiry.WithLabelValues(f.File, f.Role, f.Subject).Set(float64(f.NotAfter.Unix()))
+		if f.NotAfter.IsZero() {
+			continue
+		}
+		k := [3]string{f.File, f.Role, f.Subject}
+		if t, ok := earliest[k]; !ok || f.NotAfter.Unix() < t {
+			earliest[k] = f.NotAfter.Unix()
+			m.expiry.WithLabelValues(k[:]...).Set(float64(earliest[k]))
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/mqtls/mqtls/handshake"
+	"github.com/mqtls/mqtls/handshake/tlspsk"
 	"github.com/mqtls/mqtls/policy"
 	"github.com/mqtls/mqtls/proxy"
 	"github.com/mqtls/mqtls/proxy/datagram"
@@ -41,6 +42,8 @@ type Admin struct {
 	ReloadInterval   Duration `yaml:"reload_interval"`
 	RevokeTerminates bool     `yaml:"revoke_terminates"`
 	ExpiryWarning    Duration `yaml:"expiry_warning"`
+	// CRLExpiryWarning is expiry_warning for CRLs, which are reissued far more often.
+	CRLExpiryWarning Duration `yaml:"crl_expiry_warning"`
 }
 
 type Log struct {
@@ -70,12 +73,17 @@ type TLS struct {
 	ClientAuth string   `yaml:"client_auth"`
 	CRLs       []string `yaml:"crls"`
 	MinVersion string   `yaml:"min_version"`
+	ClientKeys string   `yaml:"client_keys"`
+	CRLGrace   Duration `yaml:"crl_grace"`
 }
 
 type PSK struct {
 	File   string `yaml:"file"`
 	Format string `yaml:"format"`
 	Hint   string `yaml:"hint"`
+	// AllowPSKKE and RevealUnknownIdentity are handshake.PSKOptions' fields of those names.
+	AllowPSKKE            bool `yaml:"allow_psk_ke"`
+	RevealUnknownIdentity bool `yaml:"reveal_unknown_identity"`
 }
 
 type Policy struct {
@@ -87,6 +95,7 @@ type Policy struct {
 	Allow             []string `yaml:"allow"`
 	Deny              []string `yaml:"deny"`
 	IdentityProperty  string   `yaml:"identity_property"`
+	AllowSlash        bool     `yaml:"allow_slash"`
 }
 
 type Limits struct {
@@ -142,8 +151,10 @@ type ListenerSpec struct {
 	PSKFile   string              // "" means no PSK handshakes
 	PSKFormat handshake.PSKFormat
 	PSKHint   string
-	Policy    policy.Config
-	Proxy     proxy.Config // Handshaker, Policy, Logger and Hooks are set by the supervisor
+	// PSKOptions are the PSK server's settings (Hint is PSKHint).
+	PSKOptions handshake.PSKOptions
+	Policy     policy.Config
+	Proxy      proxy.Config // Handshaker, Policy, Logger and Hooks are set by the supervisor
 	// SendProxy is "", "v1" or "v2": the PROXY protocol header sent to the upstream.
 	SendProxy string
 	// ProxyFrom are the sources trusted to send a PROXY header; nil means none.
@@ -209,8 +220,10 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 	}
 
 	// Handshake material.
-	sp.TLS = handshake.TLSConfig{CertFile: l.TLS.Cert, KeyFile: l.TLS.Key, ClientCAFile: l.TLS.ClientCA, CRLFiles: l.TLS.CRLs}
+	sp.TLS = handshake.TLSConfig{CertFile: l.TLS.Cert, KeyFile: l.TLS.Key, ClientCAFile: l.TLS.ClientCA, CRLFiles: l.TLS.CRLs,
+		ClientKeysFile: l.TLS.ClientKeys, CRLGrace: time.Duration(l.TLS.CRLGrace)}
 	sp.PSKFile, sp.PSKHint = l.PSK.File, l.PSK.Hint
+	sp.PSKOptions = handshake.PSKOptions{Hint: l.PSK.Hint, AllowPSKKE: l.PSK.AllowPSKKE, RevealUnknownIdentity: l.PSK.RevealUnknownIdentity}
 	format := l.PSK.Format
 	if format == "" {
 		format = "mosquitto"
@@ -221,6 +234,9 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 	}
 	if sp.PSKFile == "" && (l.PSK.Hint != "" || l.PSK.Format != "" && l.PSK.Format != "mosquitto") {
 		bad("%s and %s need %s: the file of device keys", key("psk.hint"), key("psk.format"), key("psk.file"))
+	}
+	if sp.PSKFile == "" && (l.PSK.AllowPSKKE || l.PSK.RevealUnknownIdentity) {
+		bad("%s and %s need %s: the file of device keys", key("psk.allow_psk_ke"), key("psk.reveal_unknown_identity"), key("psk.file"))
 	}
 	certs := sp.TLS.CertFile != "" || sp.TLS.KeyFile != ""
 	switch {
@@ -233,8 +249,11 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 		bad("%s is set but %s is not: give the certificate's private key", key("tls.cert"), key("tls.key"))
 	case !certs && sp.TLS.ClientCAFile != "":
 		bad("%s needs %s and %s: a PSK-only listener has no certificate handshakes", key("tls.client_ca"), key("tls.cert"), key("tls.key"))
+	case !certs && sp.TLS.ClientKeysFile != "":
+		bad("%s needs %s and %s: a PSK-only listener has no certificate handshakes", key("tls.client_keys"), key("tls.cert"), key("tls.key"))
 	}
-	mutual := sp.TLS.ClientCAFile != ""
+	// Pinned keys turn client certificates on as a client CA does, with or without one.
+	mutual := sp.TLS.ClientCAFile != "" || sp.TLS.ClientKeysFile != ""
 	switch auth := l.TLS.ClientAuth; {
 	case auth == "" && mutual:
 		sp.TLS.ClientAuth = handshake.ClientAuthRequire
@@ -246,13 +265,19 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 		case err != nil:
 			bad("%s: %w", key("tls.client_auth"), err)
 		case a != handshake.ClientAuthNone && !mutual:
-			bad("%s %s needs %s: the CA file that issues device certificates", key("tls.client_auth"), auth, key("tls.client_ca"))
+			bad("%s %s needs %s (the CA file that issues device certificates) or %s (pinned device keys)", key("tls.client_auth"), auth, key("tls.client_ca"), key("tls.client_keys"))
 		case a == handshake.ClientAuthNone && mutual:
-			bad("%s none with %s: drop %s, or use request or require", key("tls.client_auth"), key("tls.client_ca"), key("tls.client_ca"))
+			bad("%s none with %s or %s: drop them, or use request or require", key("tls.client_auth"), key("tls.client_ca"), key("tls.client_keys"))
 		}
 		sp.TLS.ClientAuth = a
 	}
-	if len(sp.TLS.CRLFiles) > 0 && !mutual {
+	if sp.TLS.CRLGrace < 0 {
+		bad("%s %v: must not be negative", key("tls.crl_grace"), sp.TLS.CRLGrace)
+	}
+	if sp.TLS.CRLGrace > 0 && len(sp.TLS.CRLFiles) == 0 {
+		bad("%s needs %s: the grace is how long a CRL counts past its next update", key("tls.crl_grace"), key("tls.crls"))
+	}
+	if len(sp.TLS.CRLFiles) > 0 && sp.TLS.ClientCAFile == "" {
 		bad("%s needs %s: CRLs are checked against the CAs that issue device certificates", key("tls.crls"), key("tls.client_ca"))
 	}
 	switch v := l.TLS.MinVersion; v {
@@ -264,7 +289,7 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 		bad("%s %q: want 1.2 or 1.3", key("tls.min_version"), v)
 	}
 	if sp.PSKFile != "" && l.TLS.MinVersion == "1.3" {
-		bad("%s 1.3 with %s: TLS-PSK is served over TLS 1.2 only", key("tls.min_version"), key("psk.file"))
+		sp.PSKOptions.MinVersion = tlspsk.VersionTLS13
 	}
 	if sp.Transport == "dtls" && l.TLS.MinVersion == "1.3" {
 		bad("%s 1.3 on a DTLS listener: mqtls serves DTLS 1.2 only", key("tls.min_version"))
@@ -273,14 +298,19 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 	// Binding policy.
 	identity := l.Policy.Identity
 	if identity == "" {
-		switch {
-		case sp.PSKFile != "" && !certs:
-			identity = "{psk}"
-		case sp.PSKFile != "":
-			identity = "{cn}{psk}"
-		default:
-			identity = "{cn}"
+		// One field per kind of proof the listener takes, each kind but the first behind a
+		// literal prefix of its own, so that no two devices can render the same string.
+		var kinds []handshake.Kind
+		if sp.TLS.ClientCAFile != "" {
+			kinds = append(kinds, handshake.KindCertificate)
 		}
+		if sp.TLS.ClientKeysFile != "" {
+			kinds = append(kinds, handshake.KindPinnedKey)
+		}
+		if sp.PSKFile != "" {
+			kinds = append(kinds, handshake.KindPSK)
+		}
+		identity = policy.DefaultTemplate(kinds...)
 	}
 	sp.Policy = policy.Config{
 		Identity:          identity,
@@ -288,6 +318,7 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 		Allow:             l.Policy.Allow,
 		Deny:              l.Policy.Deny,
 		IdentityProperty:  l.Policy.IdentityProperty,
+		AllowSlash:        l.Policy.AllowSlash,
 	}
 	mode := func(v, def string) string {
 		if v == "" {
@@ -454,19 +485,26 @@ func identitySourceProblems(sp ListenerSpec, tmpl policy.Template, key KeyNamer)
 		return nil
 	}
 	what := strings.Join(needs, " and ")
-	certs, psks := sp.TLS.ClientCAFile != "", sp.PSKFile != ""
+	certs, keys, psks := sp.TLS.ClientCAFile != "", sp.TLS.ClientKeysFile != "", sp.PSKFile != ""
 	kinds := tmpl.Kinds()
 	switch {
-	case !certs && !psks:
-		return []error{fmt.Errorf("%s needs an identity, but without %s or %s no device proves one: add %s (device certificates) or %s (pre-shared keys), or drop %s",
-			what, key("tls.client_ca"), key("psk.file"), key("tls.client_ca"), key("psk.file"), what)}
-	case !(certs && slices.Contains(kinds, handshake.KindCertificate)) && !(psks && slices.Contains(kinds, handshake.KindPSK)):
-		have, fields := "certificates ("+key("tls.client_ca")+")", "{cn}, {uri}, {dns}, ..."
-		if !certs {
-			have, fields = "pre-shared keys ("+key("psk.file")+")", "{psk}"
+	case !certs && !keys && !psks:
+		return []error{fmt.Errorf("%s needs an identity, but without %s, %s or %s no device proves one: add %s (device certificates), %s (pinned device keys) or %s (pre-shared keys), or drop %s",
+			what, key("tls.client_ca"), key("tls.client_keys"), key("psk.file"), key("tls.client_ca"), key("tls.client_keys"), key("psk.file"), what)}
+	case !(certs && slices.Contains(kinds, handshake.KindCertificate)) && !(keys && slices.Contains(kinds, handshake.KindPinnedKey)) &&
+		!(psks && slices.Contains(kinds, handshake.KindPSK)):
+		var have, fields []string
+		if certs {
+			have, fields = append(have, "certificates ("+key("tls.client_ca")+")"), append(fields, "{cn}, {uri}, {dns}, ...")
+		}
+		if keys {
+			have, fields = append(have, "pinned keys ("+key("tls.client_keys")+")"), append(fields, "{name}")
+		}
+		if psks {
+			have, fields = append(have, "pre-shared keys ("+key("psk.file")+")"), append(fields, "{psk}")
 		}
 		return []error{fmt.Errorf("%s %q names no field the devices of this listener have, so %s can never be satisfied: its devices prove %s; use %s",
-			key("policy.identity"), sp.Policy.Identity, what, have, fields)}
+			key("policy.identity"), sp.Policy.Identity, what, strings.Join(have, " or "), strings.Join(fields, " or "))}
 	}
 	return nil
 }
@@ -536,6 +574,7 @@ func topLevel(f File, fileDefaults bool) (Config, string) {
 			ReloadInterval:   time.Duration(f.Admin.ReloadInterval),
 			RevokeTerminates: f.Admin.RevokeTerminates,
 			ExpiryWarning:    time.Duration(f.Admin.ExpiryWarning),
+			CRLExpiryWarning: time.Duration(f.Admin.CRLExpiryWarning),
 		},
 	}
 	if f.MemRelease != nil {
@@ -553,6 +592,9 @@ func topLevel(f File, fileDefaults bool) (Config, string) {
 	}
 	if f.Admin.ExpiryWarning == 0 {
 		cfg.Admin.ExpiryWarning = DefaultExpiryWarning
+	}
+	if f.Admin.CRLExpiryWarning == 0 {
+		cfg.Admin.CRLExpiryWarning = handshake.DefaultCRLWarnWindow
 	}
 	if cfg.LogFormat == "" {
 		cfg.LogFormat = "json"
@@ -638,6 +680,9 @@ func commonProblems(cfg *Config, level string, key func(string) string) []error 
 	}
 	if cfg.Admin.ExpiryWarning < 0 {
 		bad("%s %v: must not be negative", key("admin.expiry_warning"), cfg.Admin.ExpiryWarning)
+	}
+	if cfg.Admin.CRLExpiryWarning < 0 {
+		bad("%s %v: must not be negative", key("admin.crl_expiry_warning"), cfg.Admin.CRLExpiryWarning)
 	}
 	return errs
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/proxy"
 	"github.com/mqtls/mqtls/proxy/datagram"
 )
@@ -53,6 +54,8 @@ type AdminConfig struct {
 	ReloadInterval   time.Duration
 	RevokeTerminates bool
 	ExpiryWarning    time.Duration
+	// CRLExpiryWarning is ExpiryWarning for CRLs (handshake.DefaultCRLWarnWindow).
+	CRLExpiryWarning time.Duration
 }
 
 // Scope says where a setting's key lives in the config file.
@@ -99,7 +102,7 @@ var Settings = []Setting{
 	{Flag: "client-auth", Scope: InListener, Key: "tls.client_auth", Default: "", Usage: "client certificates: none, request or require (default require with --client-ca, else none)"},
 	{Flag: "crl", Scope: InListener, Key: "tls.crls", Default: []string(nil), Usage: "PEM or DER CRL `file` checked on every handshake (repeatable)"},
 	{Flag: "min-tls", Scope: InListener, Key: "tls.min_version", Default: "1.2", Usage: "lowest TLS version accepted: 1.2 or 1.3"},
-	{Flag: "identity", Scope: InListener, Key: "policy.identity", Default: "", Usage: "`template` selecting the device's identity: {cn} {o} {ou} {serial} {dns} {uri} {email} {fingerprint} {psk}, with literal text (default {cn}; {psk} with only --psk-file; {cn}{psk} with both)"},
+	{Flag: "identity", Scope: InListener, Key: "policy.identity", Default: "", Usage: "`template` selecting the device's identity: {cn} {o} {ou} {serial} {dns} {uri} {email} {fingerprint} {name} {psk}, with literal text (default: {cn} with --client-ca, {name} with --client-keys, {psk} with --psk-file; with several, each after the first behind a prefix: {cn}psk-{psk})"},
 	{Flag: "client-id", Scope: InListener, Key: "policy.client_id", Default: "off", Usage: "bind the client ID to the identity: off, enforce, prefix or rewrite"},
 	{Flag: "client-id-separator", Scope: InListener, Key: "policy.client_id_separator", Default: "/", Usage: "between identity and suffix in --client-id prefix"},
 	{Flag: "username", Scope: InListener, Key: "policy.username", Default: "keep", Usage: "user name forwarded: keep, identity or strip"},
@@ -107,6 +110,13 @@ var Settings = []Setting{
 	{Flag: "allow", Scope: InListener, Key: "policy.allow", Default: []string(nil), Usage: "regular `expression` an identity must match, anchored at both ends (repeatable)"},
 	{Flag: "deny", Scope: InListener, Key: "policy.deny", Default: []string(nil), Usage: "regular `expression` refusing the identities it matches, anchored at both ends (repeatable)"},
 	{Flag: "identity-property", Scope: InListener, Key: "policy.identity_property", Default: "", Usage: "MQTT 5 user property `name` that carries the identity to the broker"},
+	// Pinned keys, CRL grace, identity rendering and TLS 1.3 PSK (#14, #15).
+	{Flag: "client-keys", Scope: InListener, Key: "tls.client_keys", Default: "", Usage: "`file` of pinned device keys, one name:sha256-of-SubjectPublicKeyInfo per line (mqtls keys add); turns client certificates on, with or without --client-ca"},
+	{Flag: "crl-grace", Scope: InListener, Key: "tls.crl_grace", Default: time.Duration(0), Usage: "how long past its next update a CRL still counts (0: a stale CRL refuses its CA's devices, crl_expired)"},
+	{Flag: "crl-expiry-warning", Scope: TopLevel, Key: "admin.crl_expiry_warning", Default: handshake.DefaultCRLWarnWindow, Usage: "warn (daily) when a CRL's next update is due within this long"},
+	{Flag: "allow-slash", Scope: InListener, Key: "policy.allow_slash", Default: false, Usage: "let an identity contain / ({uri}, SPIFFE IDs); only where no identity is a topic prefix of another in the broker's ACLs"},
+	{Flag: "psk-allow-no-dhe", Scope: InListener, Key: "psk.allow_psk_ke", Default: false, Usage: "accept TLS 1.3 PSK clients that offer only psk_ke (no key exchange, so no forward secrecy)"},
+	{Flag: "psk-reveal-unknown-identity", Scope: InListener, Key: "psk.reveal_unknown_identity", Default: false, Usage: "answer an unknown PSK identity with unknown_psk_identity rather than as a wrong key (debugging only: it lets clients enumerate identities)"},
 	{Flag: "dtls-listen", Scope: FlagOnly, Default: "", Usage: "UDP `address` to accept DTLS connections on (off when empty); same certificates, PSKs and policy as --listen"},
 	{Flag: "dtls-max-datagram", Scope: InListener, Key: "dtls.max_datagram", Default: datagram.DefaultMaxDatagram, Usage: "largest datagram sent to DTLS devices, in `bytes`; whole MQTT packets are packed up to it"},
 	{Flag: "dtls-idle-timeout", Scope: InListener, Key: "timeouts.idle", DTLSOnly: true, Default: DefaultDTLSIdle, Usage: "close a DTLS session after this long without a datagram from the device (UDP has no FIN)"},

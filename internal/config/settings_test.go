@@ -80,7 +80,7 @@ func TestFlagsAndFileAgree(t *testing.T) {
 // file names the key path.
 func TestFlagMessages(t *testing.T) {
 	_, err := FromFlags(newFlagValues(map[string]any{"cert": "s.crt", "key": "s.key", "client-id": "enforce", "busy-poll": time.Second}))
-	for _, want := range []string{"--busy-poll 1s: want 0 (off) to 100ms", "--client-id enforce needs an identity, but without --client-ca or --psk-file"} {
+	for _, want := range []string{"--busy-poll 1s: want 0 (off) to 100ms", "--client-id enforce needs an identity, but without --client-ca, --client-keys or --psk-file"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("flags: %v, want %q", err, want)
 		}

@@ -3,15 +3,22 @@ package stunnel
 import (
 	"bufio"
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/internal/config"
 	"github.com/mqtls/mqtls/proxy"
 )
@@ -185,6 +192,11 @@ var stunnelPerService = []string{
 
 // stunnelConverter turns a parsed stunnel.conf into listeners and notes.
 type stunnelConverter struct {
+	// readFile reads a CAfile whose certificates become pinned keys.
+	readFile func(string) ([]byte, error)
+	// keyFiles are the pinned-key files made so far.
+	keyFiles []KeyFile
+
 	notes []stunnelNote
 }
 
@@ -239,15 +251,46 @@ type converted struct {
 	head    string
 }
 
+// KeyFile is a pinned-key file a conversion made (see ConvertFiles).
+type KeyFile struct {
+	Path string // where the converted config's tls.client_keys expects it
+	Data []byte // its contents, in the format of handshake.ParseKeys
+}
+
 // Convert translates a stunnel.conf (called file, with contents data) into an mqtls
 // config file. The notes say, one per line, what was not translated or behaves
-// differently, and why; they are returned even with an error.
+// differently, and why; they are returned even with an error. The pinned-key files of
+// services that verify the peer are not returned: use ConvertFiles to write them.
 func Convert(file string, data []byte) ([]byte, []string, error) {
+	out, notes, _, err := ConvertFiles(file, data, os.ReadFile)
+	return out, notes, err
+}
+
+// ConvertFiles is Convert that also returns the pinned-key files the config names. A
+// service that verifies the peer (verify = 3 or 4, verifyPeer = yes) trusts exactly the
+// certificates in its CAfile; mqtls pins their public keys (tls.client_keys) rather than
+// trust them as CAs (tls.client_ca), which would let each listed device issue certificates
+// for the others. readFile reads those CAfiles; one it cannot read gets a keys file path
+// that does not exist yet, so check and serve fail until it is made.
+func ConvertFiles(file string, data []byte, readFile func(string) ([]byte, error)) ([]byte, []string, []KeyFile, error) {
+	out, notes, err := convert(file, data, readFile)
+	if err != nil {
+		return nil, notes, nil, err
+	}
+	return out.config, notes, out.keyFiles, nil
+}
+
+type conversion struct {
+	config   []byte
+	keyFiles []KeyFile
+}
+
+func convert(file string, data []byte, readFile func(string) ([]byte, error)) (conversion, []string, error) {
 	sections, err := parseStunnel(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("stunnel config %s: %w", file, err)
+		return conversion{}, nil, fmt.Errorf("stunnel config %s: %w", file, err)
 	}
-	cv := &stunnelConverter{}
+	cv := &stunnelConverter{readFile: readFile}
 	var defaults []stunnelOption
 	for _, o := range sections[0].opts {
 		k := strings.ToLower(o.key)
@@ -273,17 +316,17 @@ func Convert(file string, data []byte) ([]byte, []string, error) {
 		cv.sortFrom(from)
 	}
 	if len(out) == 0 {
-		return nil, cv.texts(), fmt.Errorf("stunnel config %s: no server service to convert", file)
+		return conversion{}, cv.texts(), fmt.Errorf("stunnel config %s: no server service to convert", file)
 	}
 	text, err := encodeConverted(file, out)
 	if err != nil {
-		return nil, cv.texts(), err
+		return conversion{}, cv.texts(), err
 	}
 	// The output must be a config serve accepts: refuse to print one that is not.
 	if _, err := config.Parse(file, text); err != nil {
-		return nil, cv.texts(), fmt.Errorf("converting: the result does not validate: %w", err)
+		return conversion{}, cv.texts(), fmt.Errorf("converting: the result does not validate: %w", err)
 	}
-	return text, cv.texts(), nil
+	return conversion{config: text, keyFiles: cv.keyFiles}, cv.texts(), nil
 }
 
 func whyNot(key string) string {
@@ -506,6 +549,22 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 				cv.untranslated(svc, *o, why)
 			}
 		}
+	case peer && caFile != nil:
+		// The peer must be one of CAfile's certificates: pin their keys. As a client CA
+		// each listed device could issue a certificate for any other.
+		l.TLS.ClientKeys = cv.pinnedKeys(svc, *caFile)
+		src("tls.client_keys", *caFile)
+		l.TLS.ClientAuth = "require"
+		src("tls.client_auth", *auth)
+		if chain {
+			cv.changed(svc, *auth, "mqtls pins the public keys of CAfile's certificates (tls.client_keys): a device must present one of them, as stunnel requires, but its chain is not verified as well")
+		}
+		if caPath != nil {
+			cv.untranslated(svc, *caPath, "pinned keys come from CAfile only: add the directory's device certificates with mqtls keys add")
+		}
+		if crlFile != nil {
+			cv.untranslated(svc, *crlFile, "pinned keys are not checked against CRLs: to revoke a device, remove its line from tls.client_keys")
+		}
 	default:
 		switch {
 		case caFile != nil:
@@ -530,7 +589,7 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 		}
 		src("tls.client_auth", *auth)
 		if peer {
-			cv.changed(svc, *auth, "mqtls has no certificate pinning: the certificates in the CA file are trusted as issuers too, so a device certificate they issued is accepted as well as one listed there; to accept only listed devices, add policy.allow with their identities (policy.identity {fingerprint} or {cn})")
+			cv.changed(svc, *auth, "CApath is not translated into pinned keys: the certificates of tls.client_ca are trusted as issuers, so a device certificate they issued is accepted as well as one listed there; pin the listed devices with mqtls keys add and tls.client_keys instead")
 		}
 		if crlFile != nil {
 			l.TLS.CRLs = []string{crlFile.value}
@@ -718,4 +777,90 @@ func strNode(s string) *yaml.Node {
 		n.Style = yaml.DoubleQuotedStyle // ":8883" reads better quoted, as the README writes it
 	}
 	return n
+}
+
+// pinnedKeys makes the pinned-key file of a service that verifies the peer against
+// caFile's certificates, and returns its path: caFile with the extension .keys, next to
+// it. Each certificate is named after its CN, made safe for a name, or its place in the
+// file; names are unique. A CAfile that cannot be read or holds no certificate gets a
+// note, and the path is returned anyway, so the config fails closed until the file exists.
+func (cv *stunnelConverter) pinnedKeys(svc string, caFile stunnelOption) string {
+	path := strings.TrimSuffix(caFile.value, filepath.Ext(caFile.value)) + ".keys"
+	if path == caFile.value {
+		path += ".keys"
+	}
+	for _, kf := range cv.keyFiles {
+		if kf.Path == path { // another service of the same CAfile
+			return path
+		}
+	}
+	fail := func(why string) string {
+		cv.untranslated(svc, caFile, fmt.Sprintf("%s; make %s with `mqtls keys add --file %s NAME CERT.pem` for each device certificate in it (tls.client_keys names it)", why, path, path))
+		return path
+	}
+	data, err := cv.readFile(caFile.value)
+	if err != nil {
+		return fail(fmt.Sprintf("reading it for its certificates' keys: %v", err))
+	}
+	var lines bytes.Buffer
+	fmt.Fprintf(&lines, "# pinned keys of the certificates in %s, by mqtls convert stunnel\n", caFile.value)
+	names, hashes := map[string]bool{}, map[string]string{}
+	n := 0
+	for rest := data; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		n++
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return fail(fmt.Sprintf("certificate %d does not parse: %v", n, err))
+		}
+		hash, err := handshake.SPKIHash(pem.EncodeToMemory(block))
+		if err != nil {
+			return fail(fmt.Sprintf("certificate %d: %v", n, err))
+		}
+		if prev, dup := hashes[hash]; dup {
+			cv.note(caFile.line, fmt.Sprintf("service [%s] line %d: %s: changed: certificate %d has the key of %s, pinned once", svc, caFile.line, caFile, n, prev))
+			continue
+		}
+		name := keyName(cert.Subject.CommonName)
+		if name == "" || names[name] {
+			name = fmt.Sprintf("%s-%d", orDefault(name, "cert"), n)
+		}
+		names[name], hashes[hash] = true, name
+		fmt.Fprintf(&lines, "%s:%s\n", name, hash)
+	}
+	if n == 0 {
+		return fail("it holds no PEM certificate")
+	}
+	if _, err := handshake.ParseKeys(path, lines.Bytes()); err != nil {
+		return fail(fmt.Sprintf("its certificates do not make a pinned-key file: %v", err))
+	}
+	cv.keyFiles = append(cv.keyFiles, KeyFile{Path: path, Data: lines.Bytes()})
+	return path
+}
+
+// keyName makes s a pinned key's name: runes a name may not hold become '-'.
+func keyName(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune(":/+#", r) || r == utf8.RuneError {
+			return '-'
+		}
+		return r
+	}, s)
+	if len(s) > 100 {
+		s = strings.ToValidUTF8(s[:100], "")
+	}
+	return s
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

@@ -32,7 +32,7 @@ func TestConvertStunnel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out, notes, err := Convert(conf, data)
+			out, notes, keyFiles, err := ConvertFiles(conf, data, os.ReadFile)
 			stdout, stderr := string(out), ""
 			for _, n := range notes {
 				stderr += n + "\n"
@@ -42,6 +42,13 @@ func TestConvertStunnel(t *testing.T) {
 			}
 			golden(t, strings.TrimSuffix(conf, ".conf")+".yaml", stdout)
 			golden(t, strings.TrimSuffix(conf, ".conf")+".stderr", stderr)
+			keys := ""
+			for _, kf := range keyFiles {
+				keys += "== " + kf.Path + "\n" + string(kf.Data)
+			}
+			if keys != "" {
+				golden(t, strings.TrimSuffix(conf, ".conf")+".keys", keys)
+			}
 
 			cfg, err := config.Parse(name+".yaml", []byte(stdout))
 			if err != nil {
@@ -125,9 +132,14 @@ func TestConvertStunnelOptions(t *testing.T) {
 		{name: "requireCert alone", conf: "requireCert = yes\n",
 			check: func(l config.Listener) bool { return l.TLS.ClientAuth == "" },
 			notes: []string{"service [svc] line 6: requireCert = yes: not translated: requireCert only matters with verifyChain or verifyPeer, which this service does not set"}},
-		{name: "verifyPeer pins", conf: "CAfile = /peers.pem\nverifyPeer = yes\n",
-			check: func(l config.Listener) bool { return l.TLS.ClientCA == "/peers.pem" && l.TLS.ClientAuth == "require" },
-			notes: []string{"service [svc] line 7: verifyPeer = yes: changed: mqtls has no certificate pinning: the certificates in the CA file are trusted as issuers too, so a device certificate they issued is accepted as well as one listed there; to accept only listed devices, add policy.allow with their identities (policy.identity {fingerprint} or {cn})"}},
+		{name: "verifyPeer pins, CAfile unreadable", conf: "CAfile = /peers.pem\nverifyPeer = yes\n",
+			check: func(l config.Listener) bool {
+				return l.TLS.ClientCA == "" && l.TLS.ClientKeys == "/peers.keys" && l.TLS.ClientAuth == "require"
+			},
+			notes: []string{"service [svc] line 6: CAfile = /peers.pem: not translated: reading it for its certificates' keys: open /peers.pem: no such file or directory; make /peers.keys with `mqtls keys add --file /peers.keys NAME CERT.pem` for each device certificate in it (tls.client_keys names it)"}},
+		{name: "verify 4 pins", conf: "CAfile = /peers.pem\nverify = 4\n",
+			check: func(l config.Listener) bool { return l.TLS.ClientCA == "" && l.TLS.ClientKeys == "/peers.keys" },
+			notes: []string{"service [svc] line 6: CAfile = /peers.pem: not translated: reading it for its certificates' keys: open /peers.pem: no such file or directory; make /peers.keys with `mqtls keys add --file /peers.keys NAME CERT.pem` for each device certificate in it (tls.client_keys names it)"}},
 		{name: "verifyChain without CA", conf: "verifyChain = yes\n", err: "stunnel config test.conf: no server service to convert",
 			notes: []string{"service [svc] line 6: verifyChain = yes: not translated: no CAfile or CApath to verify client certificates against; service skipped"}},
 		{name: "cert is the key", conf: "[two]\naccept = 8884\nconnect = 1884\ncert = /both.pem\n",

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"os"
 	"sync"
 	"time"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/internal/admin"
+	"github.com/mqtls/mqtls/internal/config"
 )
 
 // reloader re-reads certificate, CA, CRL and PSK files when they change (polled, which
@@ -20,8 +22,12 @@ type reloader struct {
 	log zerolog.Logger
 	m   *admin.Metrics
 	sup *supervisor
-	// revokeTerminates closes sessions whose PSK was removed or certificate revoked.
+	// revokeTerminates closes sessions whose credentials the reloaded files no longer
+	// accept: a PSK removed or changed, a pinned key removed, a certificate revoked or no
+	// longer verifying.
 	revokeTerminates bool
+	// crlWindow is the expiry warning's window for CRLs.
+	crlWindow time.Duration
 
 	mu    sync.Mutex
 	sums  map[string][32]byte // file → content hash at the last look
@@ -48,6 +54,9 @@ func (r *reloader) components() []component {
 			files := []string{c.CertFile, c.KeyFile}
 			if c.ClientCAFile != "" {
 				files = append(files, c.ClientCAFile)
+			}
+			if c.ClientKeysFile != "" {
+				files = append(files, c.ClientKeysFile)
 			}
 			out = append(out, component{key: t, files: append(files, c.CRLFiles...), reload: t.Reload})
 		}
@@ -95,6 +104,12 @@ func (r *reloader) check(force bool) {
 			now[f] = hashFile(f)
 		}
 	}
+	// The keys before the reload, so that a session whose PSK was changed rather than
+	// removed can be told apart: its identity is still there.
+	var before pskKeys
+	if r.revokeTerminates {
+		before = snapshotPSKs(comps)
+	}
 	reloaded := false
 	for _, c := range comps {
 		var changed []string
@@ -121,7 +136,7 @@ func (r *reloader) check(force bool) {
 	if reloaded {
 		r.publish()
 		if r.revokeTerminates {
-			r.terminateRevoked()
+			r.terminateRevoked(before)
 		}
 	}
 }
@@ -164,33 +179,89 @@ func (r *reloader) publish() {
 	r.m.SetPSKIdentities(psks)
 }
 
-func (r *reloader) terminateRevoked() {
-	n := 0
+// The reasons a PSK session is closed for on reload: its identity left the file (as a
+// handshake refusing it says), or its key was replaced.
+const (
+	reasonPSKRemoved = "unknown_psk_identity"
+	reasonPSKChanged = "psk_changed"
+)
+
+// pskKeys are the keys of each PSK store by identity, as a reload found them.
+type pskKeys map[*handshake.PSKStore]map[string][]byte
+
+func snapshotPSKs(comps []component) pskKeys {
+	keys := pskKeys{}
+	for _, c := range comps {
+		store, ok := c.key.(*handshake.PSKStore)
+		if !ok {
+			continue
+		}
+		m := map[string][]byte{}
+		for _, id := range store.Identities() {
+			m[id], _ = store.Lookup(id)
+		}
+		keys[store] = m
+	}
+	return keys
+}
+
+// stillValid says why the session of id no longer holds with mat's files now loaded
+// (reason, as on a refused handshake), or "" if it does. before are the PSKs before the
+// reload.
+func stillValid(mat *material, id handshake.Identity, before pskKeys) string {
+	switch id.Kind {
+	case handshake.KindPSK:
+		if mat.psk == nil {
+			return ""
+		}
+		store := mat.psk.Store()
+		now, ok := store.Lookup(id.PSKIdentity)
+		if !ok {
+			return reasonPSKRemoved
+		}
+		if old, had := before[store][id.PSKIdentity]; had && subtle.ConstantTimeCompare(old, now) != 1 {
+			return reasonPSKChanged
+		}
+	case handshake.KindCertificate, handshake.KindPinnedKey:
+		if mat.tls != nil {
+			if err := mat.tls.StillValid(id); err != nil {
+				return handshake.Reason(err)
+			}
+		}
+	}
+	return ""
+}
+
+func (r *reloader) terminateRevoked(before pskKeys) {
+	reasons := map[string]int{}
 	for _, l := range r.sup.all() {
 		mat := l.mat
-		n += l.srv.CloseMatching(func(id handshake.Identity) bool {
-			switch id.Kind {
-			case handshake.KindPSK:
-				return mat.psk != nil && !mat.psk.Store().Has(id.PSKIdentity)
-			case handshake.KindCertificate:
-				return mat.tls != nil && mat.tls.Revoked(id)
+		l.srv.CloseMatching(func(id handshake.Identity) bool {
+			reason := stillValid(mat, id, before)
+			if reason != "" {
+				reasons[reason]++
 			}
-			return false
+			return reason != ""
 		})
 	}
-	if n > 0 {
-		r.log.Info().Int("sessions", n).Msg("closed sessions whose PSK was removed or certificate revoked")
+	for reason, n := range reasons {
+		r.log.Info().Int("sessions", n).Str("reason", reason).Msg("closed sessions whose credentials the reloaded files no longer accept")
 	}
 }
 
 // warnExpiry logs every certificate or CRL that expires within window, and any already
 // expired. The caller repeats it daily.
 func (r *reloader) warnExpiry(now time.Time, window time.Duration) {
+	crlWindow := r.crlWindow
 	r.mu.Lock()
 	files := r.files
 	r.mu.Unlock()
 	for _, f := range files {
-		if f.NotAfter.IsZero() || f.NotAfter.Sub(now) > window {
+		w := window
+		if f.Role == "crl" {
+			w = crlWindow
+		}
+		if f.NotAfter.IsZero() || f.NotAfter.Sub(now) > w {
 			continue
 		}
 		ev := r.log.Warn()
@@ -232,6 +303,27 @@ func (r *reloader) run(ctx context.Context, interval time.Duration, hup <-chan s
 			r.check(true)
 		case <-daily.C:
 			r.warnExpiry(time.Now(), expiryWindow)
+		}
+	}
+}
+
+// warnPermissions warns about each private key, PSK file and pinned-key file its group
+// or others may read or write. It does not refuse them: Kubernetes mounts Secrets 0644
+// by default, where the pod is the only reader.
+func warnPermissions(log zerolog.Logger, specs []config.ListenerSpec) {
+	seen := map[string]bool{}
+	for _, sp := range specs {
+		for _, f := range []struct{ file, key string }{
+			{sp.TLS.KeyFile, "tls.key"}, {sp.PSKFile, "psk.file"}, {sp.TLS.ClientKeysFile, "tls.client_keys"},
+		} {
+			if f.file == "" || seen[f.file] {
+				continue
+			}
+			seen[f.file] = true
+			if mode, loose, err := handshake.LoosePermissions(f.file); err == nil && loose {
+				log.Warn().Str("file", f.file).Str("setting", sp.Key(f.key)).Str("mode", mode.String()).
+					Msg("file readable or writable by group or others: chmod 600 it")
+			}
 		}
 	}
 }

@@ -47,7 +47,7 @@ func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
 			if err != nil {
 				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, sp.Key("psk.file"), err)
 			}
-			if m.psk, err = handshake.NewPSKServer(store, sp.PSKHint); err != nil {
+			if m.psk, err = handshake.NewPSKServerWithOptions(store, sp.PSKOptions); err != nil {
 				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, sp.Key("psk.hint"), err)
 			}
 		}
@@ -211,7 +211,7 @@ func (v *supervisor) reconfigure(specs []config.ListenerSpec, drain time.Duratio
 			var err error
 			sameFiles := reflect.DeepEqual(old.spec.TLS, sp.TLS) && old.spec.PSKFile == sp.PSKFile &&
 				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint &&
-				reflect.DeepEqual(old.spec.DTLS, sp.DTLS)
+				old.spec.PSKOptions == sp.PSKOptions && reflect.DeepEqual(old.spec.DTLS, sp.DTLS)
 			switch {
 			case sp.Transport == "dtls" && !sameFiles:
 				// pion builds the handshake into its listener: new files need a new one.
@@ -342,7 +342,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		defer bgDone.Done()
 		mem.run(bg, cfg.MemRelease, log)
 	}()
-	rl := &reloader{log: log, m: m, sup: v, revokeTerminates: cfg.Admin.RevokeTerminates}
+	rl := &reloader{log: log, m: m, sup: v, revokeTerminates: cfg.Admin.RevokeTerminates, crlWindow: cfg.Admin.CRLExpiryWarning}
 	rl.snapshot()
 	hup := make(chan struct{}, 1)
 	bgDone.Add(1)
@@ -363,6 +363,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		}
 		ev.Msg("starting")
 	}
+	warnPermissions(log, cfg.Listeners)
 	ready.Bound.Store(true)
 	adminErr := make(chan error, 1)
 	if adminSrv != nil {
