@@ -185,6 +185,9 @@ func (c *conn) run() (parked bool) {
 		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
 		return false
 	}
+	if c.cfg.Uplink != nil && !c.awaitConnack(secure, up, &cp) {
+		return false
+	}
 	// The parsed CONNECT aliases the packet's bytes: let a long session not keep them
 	// (this frame lives as long as the session when the goroutine pipe serves it).
 	cp = policy.Connect{}
@@ -333,7 +336,11 @@ func (c *conn) bind(secure net.Conn, pkt []byte, cp *policy.Connect) ([]byte, bo
 		return nil, c.badFirstPacket(ReasonMalformedPacket, err)
 	}
 	var d policy.Decision
-	if err == nil {
+	switch {
+	case err == nil && c.cfg.Rewrite != nil:
+		d, err = c.cfg.Rewrite.Bind(c.cfg.Uplink.Identity(), cp)
+		errors.As(err, &rej)
+	case err == nil:
 		d, err = c.cfg.Policy.Bind(c.ident, cp)
 		errors.As(err, &rej)
 	}
@@ -366,7 +373,7 @@ func (c *conn) dial(secure net.Conn, cp *policy.Connect) (net.Conn, bool) {
 		err = errors.New("dialing upstream: server shutting down")
 	}
 	if err != nil {
-		c.outcome, c.reason, c.err = OutcomeUpstreamUnavailable, ReasonUpstreamUnavailable, err
+		c.outcome, c.reason, c.err = OutcomeUpstreamUnavailable, upstreamReason(err), err
 		c.srv.log.Warn().Err(err).Uint64(fieldConnID, c.id).Msg("broker unreachable")
 		c.refuse(secure, cp, policy.CodeServerUnavailable, "broker unavailable")
 		return nil, false
@@ -435,6 +442,9 @@ func (c *conn) audit() {
 	if c.dgram != nil {
 		ev = ev.Uint64(fieldDropped, c.dgram.Dropped())
 	}
+	if c.cfg.Uplink != nil {
+		ev = ev.Str(fieldMode, ModeClient)
+	}
 	if c.endedBy != "" {
 		ev = ev.Str(fieldEndedBy, c.endedBy)
 	}
@@ -458,6 +468,7 @@ func (c *conn) summarize() {
 	}
 	h(Summary{
 		Listener: c.cfg.name(),
+		Mode:     c.cfg.mode(),
 		Outcome:  c.outcome,
 		Reason:   c.reason,
 		Kind:     kind,

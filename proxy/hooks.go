@@ -23,6 +23,7 @@ type Hooks struct {
 // Summary is the end of one connection.
 type Summary struct {
 	Listener string
+	Mode     string // ModeServer or ModeClient
 	Outcome  string // one of the Outcome constants
 	Reason   string // "" for a session that ended normally
 	// Kind is how the session was secured ("tls", "mtls", "psk", "dtls"); "" when the

@@ -3,6 +3,7 @@ package proxy
 // Log field names, shared by every line the package writes.
 const (
 	fieldListener        = "listener"
+	fieldMode            = "mode"
 	fieldAddr            = "addr"
 	fieldConnID          = "conn_id"
 	fieldRemote          = "remote"

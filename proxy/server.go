@@ -72,6 +72,14 @@ type Config struct {
 	// CONNECT ("" for none); v2 carries the TLS version, cipher and client CN as TLVs.
 	SendProxyHeader string
 
+	// Uplink makes this a client-mode listener: local clients connect in plain text
+	// (Handshaker Plain) and each session goes to Upstream through Uplink.Dial, secured
+	// toward the remote broker. nil is server mode, a plain dial.
+	Uplink Uplink
+	// Rewrite, in client mode, rewrites each local client's CONNECT from templates over the
+	// uplink's credential (see policy.Rewrite); nil forwards it under Policy.
+	Rewrite *policy.Rewrite
+
 	Hooks  Hooks
 	Logger zerolog.Logger
 }

@@ -61,6 +61,8 @@ type Listener struct {
 	Timeouts      Timeouts      `yaml:"timeouts"`
 	DTLS          DTLS          `yaml:"dtls"`
 	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
+	Mode          string        `yaml:"mode"`   // "" (server) or ModeClient
+	Remote        Remote        `yaml:"remote"` // client mode: see client.go
 }
 
 type TLS struct {
@@ -151,6 +153,9 @@ type ListenerSpec struct {
 	// KeyPrefix spells the listener's keys in messages about its files: "" for flags,
 	// "listeners[2]." for the file.
 	KeyPrefix string
+	// Mode is "" for server mode or ModeClient; Client is set in client mode.
+	Mode   string
+	Client ClientSpec
 }
 
 // Key names a listener key for a message, as a flag or as a key path.
@@ -184,6 +189,16 @@ func prefixOf(key KeyNamer) string {
 // BuildListener validates l and turns it into a spec. Every problem is reported, each
 // naming the key (or flag) to change.
 func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
+	switch l.Mode {
+	case "", "server":
+		if !remoteUnset(l.Remote) {
+			return ListenerSpec{Name: l.Name}, []error{fmt.Errorf("%s is for client mode: set %s client, or drop it", key("remote"), key("mode"))}
+		}
+	case ModeClient:
+		return buildClientListener(l, key)
+	default:
+		return ListenerSpec{Name: l.Name}, []error{fmt.Errorf("%s %q: want server or client", key("mode"), l.Mode)}
+	}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	sp := ListenerSpec{Name: l.Name, Transport: l.Transport, Listen: l.Listen, KeyPrefix: prefixOf(key)}
@@ -554,6 +569,7 @@ var yamlTypes = map[string]string{
 	"File": "the top level", "Listener": "a listener", "Admin": "admin", "Log": "log",
 	"TLS": "tls", "PSK": "psk", "Policy": "policy", "Limits": "limits",
 	"Timeouts": "timeouts", "DTLS": "dtls", "ProxyProtocol": "proxy_protocol",
+	"Remote": "remote",
 }
 
 var (

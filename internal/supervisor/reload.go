@@ -55,6 +55,10 @@ func (r *reloader) components() []component {
 			seen[p.Store()] = true
 			out = append(out, component{key: p.Store(), files: []string{p.Store().File()}, reload: p.Store().Reload})
 		}
+		if c := l.mat.client; c != nil && !seen[c] { // client mode: the uplink's files
+			seen[c] = true
+			out = append(out, component{key: c, files: c.Files(), reload: c.Reload})
+		}
 	}
 	return out
 }

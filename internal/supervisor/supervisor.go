@@ -27,11 +27,17 @@ type material struct {
 	tls        *handshake.TLSServer // nil without certificates
 	psk        *handshake.PSKServer // nil without PSKs
 	handshaker proxy.Handshaker
+	// client and rewrite are a client-mode listener's remote side (client.go).
+	client  *handshake.Client
+	rewrite *policy.Rewrite
 }
 
 // loadMaterial loads the files sp names. A DTLS listener gets a DTLS listener socket too,
 // since pion builds the handshake into its listener.
 func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
+	if sp.Mode == config.ModeClient {
+		return loadClient(sp)
+	}
 	m := &material{}
 	if shared != nil {
 		m.tls, m.psk = shared.tls, shared.psk
@@ -143,7 +149,7 @@ func bind(sp config.ListenerSpec, mat *material, pc *proxy.Config) (net.Listener
 		return ln, nil
 	default:
 		pc.TrustProxyFrom = sp.ProxyFrom
-		return net.Listen("tcp", sp.Listen)
+		return listenStream(sp.Listen)
 	}
 }
 
@@ -155,6 +161,7 @@ func (v *supervisor) proxyConfig(sp config.ListenerSpec, mat *material) (proxy.C
 	pc := sp.Proxy
 	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = mat.handshaker, pol, v.log, v.hooks
 	pc.SendProxyHeader = sp.SendProxy
+	clientProxyConfig(mat, &pc)
 	return pc, nil
 }
 
@@ -204,7 +211,7 @@ func (v *supervisor) reconfigure(specs []config.ListenerSpec, drain time.Duratio
 			var mat *material
 			var err error
 			sameFiles := reflect.DeepEqual(old.spec.TLS, sp.TLS) && old.spec.PSKFile == sp.PSKFile &&
-				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint
+				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint && old.spec.Client == sp.Client
 			switch {
 			case sp.Transport == "dtls" && !sameFiles:
 				// pion builds the handshake into its listener: new files need a new one.
