@@ -32,6 +32,8 @@ type conn struct {
 	mu       sync.Mutex
 	upstream net.Conn // set once dialled, for abort
 	secure   net.Conn // the handshake's conn, nil until it succeeds
+	hello    []byte   // the ClientHello SNI routing read, replayed to the tenant's handshaker
+	tenant   string   // the SNI tenant chosen, "" if none
 	park     *parkedPipe
 	aborted  bool
 	secured  bool        // the handshake succeeded; ident is set (under mu, for CloseMatching)
@@ -147,6 +149,9 @@ func (c *conn) run() (parked bool) {
 	if len(c.cfg.TrustProxyFrom) > 0 && trustsProxy(c.cfg.TrustProxyFrom, c.device.RemoteAddr()) && !c.acceptProxyHeader() {
 		return false
 	}
+	if c.cfg.SNI != nil && !c.route() {
+		return false
+	}
 	secure, ok := c.handshake()
 	if !ok {
 		return false
@@ -251,7 +256,15 @@ func (c *conn) handshake() (net.Conn, bool) {
 	_ = c.device.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
-	secure, id, err := c.cfg.Handshaker.Handshake(ctx, c.device)
+	var secure net.Conn
+	var id handshake.Identity
+	var err error
+	if c.hello != nil { // SNI routing read the ClientHello
+		secure, id, err = c.cfg.Handshaker.(HelloHandshaker).HandshakeHello(ctx, c.device, c.hello)
+		c.hello = nil
+	} else {
+		secure, id, err = c.cfg.Handshaker.Handshake(ctx, c.device)
+	}
 	took := time.Since(c.start)
 	if err != nil {
 		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, handshake.Reason(err), err
@@ -444,6 +457,9 @@ func (c *conn) audit() {
 	}
 	if c.cfg.Uplink != nil {
 		ev = ev.Str(fieldMode, ModeClient)
+	}
+	if c.tenant != "" {
+		ev = ev.Str(fieldTenant, c.tenant)
 	}
 	if c.endedBy != "" {
 		ev = ev.Str(fieldEndedBy, c.endedBy)

@@ -4,6 +4,7 @@ package proxy
 const (
 	fieldListener        = "listener"
 	fieldMode            = "mode"
+	fieldTenant          = "tenant"
 	fieldAddr            = "addr"
 	fieldConnID          = "conn_id"
 	fieldRemote          = "remote"

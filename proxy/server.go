@@ -79,6 +79,9 @@ type Config struct {
 	// Rewrite, in client mode, rewrites each local client's CONNECT from templates over the
 	// uplink's credential (see policy.Rewrite); nil forwards it under Policy.
 	Rewrite *policy.Rewrite
+	// SNI, when set, chooses each connection's tenant by its ClientHello's server name
+	// (see SNI); this Config's limits apply at accept, the tenant's from the handshake on.
+	SNI *SNI
 
 	Hooks  Hooks
 	Logger zerolog.Logger
@@ -129,6 +132,9 @@ func (c *Config) Validate() error {
 	case "", "v1", "v2":
 	default:
 		return fmt.Errorf("proxy: SendProxyHeader %q: want v1, v2 or empty", c.SendProxyHeader)
+	}
+	if c.SNI != nil {
+		return c.SNI.validate()
 	}
 	return nil
 }

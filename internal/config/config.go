@@ -63,6 +63,7 @@ type Listener struct {
 	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
 	Mode          string        `yaml:"mode"`   // "" (server) or ModeClient
 	Remote        Remote        `yaml:"remote"` // client mode: see client.go
+	SNI           SNI           `yaml:"sni"`    // tenants by server name: see sni.go
 }
 
 type TLS struct {
@@ -156,6 +157,8 @@ type ListenerSpec struct {
 	// Mode is "" for server mode or ModeClient; Client is set in client mode.
 	Mode   string
 	Client ClientSpec
+	// SNI lists the tenants chosen by server name; the spec itself is the default entry.
+	SNI SNISpec
 }
 
 // Key names a listener key for a message, as a flag or as a key path.
@@ -420,6 +423,9 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 	if sp.Transport == "dtls" && (len(sp.ProxyFrom) > 0) {
 		bad("%s on a DTLS listener: the PROXY protocol is accepted on TCP listeners only", key("proxy_protocol.accept_from"))
 	}
+	var sniErrs []error
+	sp.SNI, sniErrs = buildSNI(l, key)
+	errs = append(errs, sniErrs...)
 	return sp, errs
 }
 
@@ -569,7 +575,7 @@ var yamlTypes = map[string]string{
 	"File": "the top level", "Listener": "a listener", "Admin": "admin", "Log": "log",
 	"TLS": "tls", "PSK": "psk", "Policy": "policy", "Limits": "limits",
 	"Timeouts": "timeouts", "DTLS": "dtls", "ProxyProtocol": "proxy_protocol",
-	"Remote": "remote",
+	"Remote": "remote", "SNI": "sni", "Tenant": "a tenant",
 }
 
 var (

@@ -149,7 +149,7 @@ var Settings = []Setting{
 
 // FileOnlyKeys are the listener keys no flag sets: the flags describe one TCP listener
 // named tcp (plus --dtls-listen's twin named dtls).
-var FileOnlyKeys = []string{"name", "transport"}
+var FileOnlyKeys = append([]string{"name", "transport"}, sniKeys()...)
 
 // EnvVar is the environment variable that sets a flag: --client-id is MQTLS_CLIENT_ID.
 func EnvVar(flag string) string {
@@ -284,6 +284,12 @@ func setKey(dst any, s Setting, fl Flags) {
 // field finds the field of struct v whose yaml key path is key ("tls.cert"); the zero
 // Value when there is none.
 func field(v reflect.Value, key string) reflect.Value {
+	for v.Kind() == reflect.Slice { // a list of sections (sni.tenants): its entries' keys
+		v = reflect.Zero(v.Type().Elem())
+	}
+	if v.Kind() != reflect.Struct {
+		return reflect.Value{}
+	}
 	head, rest, nested := strings.Cut(key, ".")
 	for i := range v.NumField() {
 		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")

@@ -30,6 +30,8 @@ type material struct {
 	// client and rewrite are a client-mode listener's remote side (client.go).
 	client  *handshake.Client
 	rewrite *policy.Rewrite
+	// tenants are the materials of the listener's SNI tenants, in spec order (sni.go).
+	tenants []*material
 }
 
 // loadMaterial loads the files sp names. A DTLS listener gets a DTLS listener socket too,
@@ -65,6 +67,9 @@ func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
 		m.handshaker = m.tls
 	default:
 		m.handshaker = m.psk
+	}
+	if err := loadTenants(sp, m); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -162,6 +167,9 @@ func (v *supervisor) proxyConfig(sp config.ListenerSpec, mat *material) (proxy.C
 	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = mat.handshaker, pol, v.log, v.hooks
 	pc.SendProxyHeader = sp.SendProxy
 	clientProxyConfig(mat, &pc)
+	if err := v.sniProxyConfig(sp, mat, &pc); err != nil {
+		return proxy.Config{}, err
+	}
 	return pc, nil
 }
 
@@ -211,7 +219,8 @@ func (v *supervisor) reconfigure(specs []config.ListenerSpec, drain time.Duratio
 			var mat *material
 			var err error
 			sameFiles := reflect.DeepEqual(old.spec.TLS, sp.TLS) && old.spec.PSKFile == sp.PSKFile &&
-				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint && old.spec.Client == sp.Client
+				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint && old.spec.Client == sp.Client &&
+				reflect.DeepEqual(old.spec.SNI, sp.SNI)
 			switch {
 			case sp.Transport == "dtls" && !sameFiles:
 				// pion builds the handshake into its listener: new files need a new one.
