@@ -255,3 +255,49 @@ func TestClientModeBridge(t *testing.T) {
 		t.Errorf("remote subscriber after the restart got %q, want [\"up/b second\"]", got)
 	}
 }
+
+// TestClientModeReload: the gateway's certificate is replaced on disk; new sessions go out
+// with the new one, and a session opened before keeps working.
+func TestClientModeReload(t *testing.T) {
+	checkGoroutines(t)
+	p := newPKI(t)
+	b := mustTLSBroker(t, p)
+	dir := t.TempDir()
+	issue := func(cn string) {
+		c, err := p.ca.Issue(handshaketest.Template{CommonName: cn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.Files(dir, "gateway"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	issue("gw-old")
+	s := startServer(t, "--mode", "client", "--upstream", b.tlsAddr, "--remote-ca", p.caFile, "--remote-server-name", "localhost",
+		"--remote-cert", filepath.Join(dir, "gateway.crt"), "--remote-key", filepath.Join(dir, "gateway.key"), "--reload-interval", "100ms")
+
+	old, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if code := rawConnect(t, old, 4, "before"); code != 0 {
+		t.Fatalf("CONNACK %d, want 0", code)
+	}
+	b.waitLog(t, "as before (p2, c1, k60, u'gw-old')")
+
+	issue("gw-new")
+	s.waitLine(t, "reloaded", nil)
+	if out, err := plainPub(t, s.addr, "after", "up/x", "m"); err != nil {
+		t.Fatalf("mosquitto_pub after the reload: %v\n%s", err, out)
+	}
+	b.waitLog(t, "as after (p2, c1, k60, u'gw-new')")
+
+	// The old session is still up: PINGREQ, PINGRESP.
+	if _, err := old.Write([]byte{0xc0, 0}); err != nil {
+		t.Fatalf("the session opened before the reload: %v", err)
+	}
+	if typ, _, err := readPacket(old); err != nil || typ != 0xd0 {
+		t.Fatalf("the session opened before the reload: got packet %#x, %v; want PINGRESP", typ, err)
+	}
+}
