@@ -37,6 +37,8 @@ func (Plain) Handshake(_ context.Context, c net.Conn) (net.Conn, handshake.Ident
 const (
 	ModeServer = "server"
 	ModeClient = "client"
+	// ModePlain is the handshake kind of a client-mode session's local side.
+	ModePlain = "plain"
 )
 
 // mode names the listener's mode.

@@ -274,7 +274,11 @@ func (c *conn) handshake() (net.Conn, bool) {
 		return nil, false
 	}
 	if h := c.cfg.Hooks.Handshake; h != nil {
-		h(c.cfg.name(), sessionKind(id.DTLS, id.Kind.String()), "", took)
+		kind := sessionKind(id.DTLS, id.Kind.String())
+		if c.cfg.Uplink != nil {
+			kind = ModePlain // client mode: the local side is not secured
+		}
+		h(c.cfg.name(), kind, "", took)
 	}
 	c.mu.Lock()
 	c.ident, c.secured = id, true

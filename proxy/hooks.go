@@ -9,7 +9,8 @@ type Hooks struct {
 	// Opened is called when a connection is accepted and counted.
 	Opened func(listener string)
 	// Handshake is called when a handshake ends: kind is "tls", "mtls", "psk" or "dtls" on
-	// success, "" on failure, when reason says why.
+	// success ("plain" for a client-mode listener's local side), "" on failure, when reason
+	// says why.
 	Handshake func(listener, kind, reason string, took time.Duration)
 	// Closed is called once per connection with what its audit line says.
 	Closed func(Summary)
