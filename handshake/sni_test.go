@@ -30,21 +30,6 @@ func clientHello(t testing.TB, serverName string) []byte {
 	return rec
 }
 
-// replay is a conn that reads data once, then EOF.
-type replay struct {
-	net.Conn
-	data []byte
-}
-
-func (r *replay) Read(p []byte) (int, error) {
-	if len(r.data) == 0 {
-		return 0, net.ErrClosed
-	}
-	n := copy(p, r.data)
-	r.data = r.data[n:]
-	return n, nil
-}
-
 func TestReadClientHello(t *testing.T) {
 	for _, tc := range []struct {
 		name, sni, want string
@@ -55,7 +40,7 @@ func TestReadClientHello(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := clientHello(t, tc.sni)
-			got, name, err := ReadClientHello(&replay{data: rec})
+			got, name, err := ReadClientHello(&helloConn{rec: rec})
 			if err != nil || name != tc.want || string(got) != string(rec) {
 				t.Fatalf("ReadClientHello = %q, %v; want %q and the record itself", name, err, tc.want)
 			}
@@ -66,7 +51,7 @@ func TestReadClientHello(t *testing.T) {
 		{0x10, 0x0c, 0x00, 0x04, 'M', 'Q', 'T', 'T'}, // a plain MQTT CONNECT
 		{22, 3, 3, 0, 4, 1, 0, 0, 0},                 // a handshake record with an empty ClientHello
 	} {
-		if _, _, err := ReadClientHello(&replay{data: bad}); Reason(err) != ReasonNotTLS && Reason(err) != ReasonClientClosed {
+		if _, _, err := ReadClientHello(&helloConn{rec: bad}); Reason(err) != ReasonNotTLS && Reason(err) != ReasonClientClosed {
 			t.Errorf("ReadClientHello(% x) = %v, want not_tls", bad, err)
 		}
 	}
@@ -79,7 +64,7 @@ func FuzzReadClientHello(f *testing.F) {
 	f.Add(clientHello(f, ""))
 	f.Add([]byte{22, 3, 1, 0, 1, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, _, _ = ReadClientHello(&replay{data: data})
+		_, _, _ = ReadClientHello(&helloConn{rec: data})
 	})
 }
 
