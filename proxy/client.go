@@ -33,6 +33,10 @@ func (Plain) Handshake(_ context.Context, c net.Conn) (net.Conn, handshake.Ident
 	return c, handshake.Identity{}, nil
 }
 
+// ReasonUpstreamClosed: in client mode, the remote broker closed the connection before its
+// CONNACK, without saying why.
+const ReasonUpstreamClosed = "upstream_closed"
+
 // Modes of a listener, for logs and metric labels.
 const (
 	ModeServer = "server"
@@ -54,7 +58,10 @@ func (c *Config) mode() string {
 // upstream_unavailable.
 func upstreamReason(err error) string {
 	var he *handshake.Error
-	if errors.As(err, &he) {
+	switch {
+	case errors.As(err, &he) && he.Reason == handshake.ReasonClientClosed:
+		return ReasonUpstreamClosed // the remote, not a client, closed
+	case errors.As(err, &he):
 		return "upstream_" + he.Reason
 	}
 	return ReasonUpstreamUnavailable

@@ -55,7 +55,7 @@ func TestClientModeRefusals(t *testing.T) {
 	}{
 		{"unreachable, 3.1.1", "127.0.0.1:1", proxy.ReasonUpstreamUnavailable, 4, 0x03},
 		{"unreachable, 5.0", "127.0.0.1:1", proxy.ReasonUpstreamUnavailable, 5, 0x88},
-		{"not TLS", plain.upstream(), "upstream_" + handshake.ReasonClientClosed, 4, 0x03},
+		{"not TLS", plain.upstream(), proxy.ReasonUpstreamClosed, 4, 0x03},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := startClientMode(t, tc.remote, nil)

@@ -149,7 +149,7 @@ func (c *conn) run() (parked bool) {
 	if len(c.cfg.TrustProxyFrom) > 0 && trustsProxy(c.cfg.TrustProxyFrom, c.device.RemoteAddr()) && !c.acceptProxyHeader() {
 		return false
 	}
-	if c.cfg.SNI != nil && !c.route() {
+	if c.cfg.SNI != nil && !c.route() { // sni.go
 		return false
 	}
 	secure, ok := c.handshake()
@@ -187,7 +187,11 @@ func (c *conn) run() (parked bool) {
 		out = append(hdr, out...)
 	}
 	if _, err := up.Write(out); err != nil {
-		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
+		// In client mode the remote's refusal (an alert after a TLS 1.3 handshake) may be
+		// waiting to be read: awaitConnack reads it and answers the local client.
+		if c.cfg.Uplink == nil || c.awaitConnack(secure, up, &cp) {
+			c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
+		}
 		return false
 	}
 	if c.cfg.Uplink != nil && !c.awaitConnack(secure, up, &cp) {

@@ -295,11 +295,17 @@ func (s *Server) Update(cfg Config) error {
 // authenticated by a PSK that was just removed or a certificate just revoked, and returns
 // how many it closed.
 func (s *Server) CloseMatching(match func(handshake.Identity) bool) int {
+	return s.closeMatching("", match)
+}
+
+// closeMatching is CloseMatching for the sessions of one SNI tenant ("" for the
+// listener's own): each is judged by the files of the entry that authenticated it.
+func (s *Server) closeMatching(tenant string, match func(handshake.Identity) bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	for cn := range s.conns {
-		if id, ok := cn.identityIfSecured(); ok && match(id) {
+		if id, ok := cn.identityIfSecured(); ok && cn.tenantOf() == tenant && match(id) {
 			cn.revoke()
 			n++
 		}

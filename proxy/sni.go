@@ -76,7 +76,9 @@ func (c *conn) route() bool {
 		c.handshakeHook("", time.Since(c.start))
 		return false
 	}
+	c.mu.Lock() // CloseTenantMatching reads it
 	c.cfg, c.hello, c.tenant = t, hello, t.name()
+	c.mu.Unlock()
 	return true
 }
 
@@ -85,4 +87,21 @@ func (c *conn) handshakeHook(kind string, took time.Duration) {
 	if h := c.cfg.Hooks.Handshake; h != nil {
 		h(c.cfg.name(), kind, c.reason, took)
 	}
+}
+
+// CloseTenantMatching is CloseMatching for the sessions SNI routed to the tenant whose
+// Config is named tenant; CloseMatching itself covers only the listener's own sessions.
+func (s *Server) CloseTenantMatching(tenant string, match func(handshake.Identity) bool) int {
+	if tenant == "" {
+		return 0
+	}
+	return s.closeMatching(tenant, match)
+}
+
+// tenantOf returns the tenant route chose. The caller holds the server's lock; c.mu
+// orders it with the serving goroutine, which sets it before the handshake.
+func (c *conn) tenantOf() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tenant
 }

@@ -7,7 +7,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,5 +153,76 @@ func TestSNITenants(t *testing.T) {
 				wantAudit(t, e, map[string]string{"outcome": "handshake_failed"})
 			}
 		})
+	}
+}
+
+// TestSNIRevokeTerminates: with admin.revoke_terminates, a reload judges each tenant's
+// sessions by that tenant's files: a change elsewhere leaves them open, and removing the
+// tenant's CA closes them.
+func TestSNIRevokeTerminates(t *testing.T) {
+	checkGoroutines(t)
+	dir := t.TempDir()
+	a := newTenantPKI(t, dir, "a", "dev-a", "tenant-a.example")
+	b := newTenantPKI(t, dir, "b", "dev-b", "tenant-b.example")
+	def := newTenantPKI(t, dir, "default", "unused", "other.example")
+	br := startBroker(t, "")
+	cfg := "admin: {reload_interval: 100ms, revoke_terminates: true}\n" + sniConfig
+	file := writeConfig(t, t.TempDir(), "mqtls.yaml", cfg, map[string]string{
+		"broker": br.addr, "brokerB": br.addr, "unknown": "refuse",
+		"defCert": def.certFile, "defKey": def.keyFile, "caA": a.caFile, "caB": b.caFile,
+		"aCert": a.certFile, "aKey": a.keyFile, "bCert": b.certFile, "bKey": b.keyFile,
+	})
+	s := startConfigServer(t, signals{}, file, "tenants")
+	addr := s.addrOf(t, "tenants")
+	c, err := dialSNI(addr, "tenant-b.example", b, b.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if code := rawConnect(t, c, 4, "dev-b/1"); code != 0 {
+		t.Fatalf("CONNACK %d, want 0", code)
+	}
+	ping := func() error {
+		_ = c.SetDeadline(time.Now().Add(waitTimeout))
+		if _, err := c.Write([]byte{0xc0, 0}); err != nil {
+			return err
+		}
+		typ, _, err := readPacket(c)
+		if err == nil && typ != 0xd0 {
+			err = errors.New("not a PINGRESP")
+		}
+		return err
+	}
+
+	// Tenant A's CA file changes: tenant B's session is not judged by it.
+	extra, err := os.ReadFile(def.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendFile(t, a.caFile, extra)
+	s.waitLine(t, "reloaded", func(e logEntry) bool { return strings.Contains(fmt.Sprint(e["files"]), a.caFile) })
+	if err := ping(); err != nil {
+		t.Fatalf("tenant B's session after a reload of tenant A's files: %v", err)
+	}
+
+	// Tenant B's CA is replaced by another: its session no longer verifies, and is closed.
+	if err := os.WriteFile(b.caFile, extra, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.waitLine(t, "closed sessions whose PSK was removed or certificate revoked", nil)
+	if err := ping(); err == nil {
+		t.Errorf("tenant B's session still open after its CA was removed")
+	}
+}
+
+func appendFile(t *testing.T, name string, data []byte) {
+	t.Helper()
+	f, err := os.OpenFile(name, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
 	}
 }

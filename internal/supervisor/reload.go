@@ -170,9 +170,9 @@ func (r *reloader) publish() {
 
 func (r *reloader) terminateRevoked() {
 	n := 0
-	for _, l := range r.sup.all() {
+	for _, l := range r.sup.sessionOwners() {
 		mat := l.mat
-		n += l.srv.CloseMatching(func(id handshake.Identity) bool {
+		n += l.closeMatching(func(id handshake.Identity) bool {
 			switch id.Kind {
 			case handshake.KindPSK:
 				return mat.psk != nil && !mat.psk.Store().Has(id.PSKIdentity)

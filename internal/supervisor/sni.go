@@ -5,6 +5,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/internal/config"
 	"github.com/mqtls/mqtls/proxy"
 )
@@ -81,4 +82,27 @@ func describeExtra(w io.Writer, sp config.ListenerSpec, mat *material, now time.
 		}
 	}
 	return problems
+}
+
+// sessionOwner is a listener, or one of its SNI tenants, with the material that
+// authenticated its sessions and a way to close those that no longer pass.
+type sessionOwner struct {
+	mat           *material
+	closeMatching func(match func(handshake.Identity) bool) int
+}
+
+// sessionOwners lists every listener and SNI tenant: a tenant's sessions are judged by
+// the tenant's files, never the listener's.
+func (v *supervisor) sessionOwners() []sessionOwner {
+	var out []sessionOwner
+	for _, l := range v.all() {
+		out = append(out, sessionOwner{mat: l.mat, closeMatching: l.srv.CloseMatching})
+		for i, tm := range l.mat.tenants {
+			name := l.spec.SNI.Tenants[i].Spec.Name
+			out = append(out, sessionOwner{mat: tm, closeMatching: func(match func(handshake.Identity) bool) int {
+				return l.srv.CloseTenantMatching(name, match)
+			}})
+		}
+	}
+	return out
 }
