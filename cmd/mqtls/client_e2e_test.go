@@ -75,6 +75,20 @@ func TestClientModeToMosquittoTLS(t *testing.T) {
 	b := mustTLSBroker(t, p)
 	gw := p.device(t, "gw-1")
 
+	t.Run("check", func(t *testing.T) {
+		out, err := runApp(t, "check", "--mode", "client", "--upstream", b.tlsAddr, "--remote-ca", p.caFile,
+			"--remote-cert", gw.certFile, "--remote-key", gw.keyFile, "--remote-server-name", "localhost")
+		if err != nil || !strings.Contains(out, `remote    `+b.tlsAddr+` as certificate "gw-1"`) {
+			t.Errorf("mqtls check: %v\n%s", err, out)
+		}
+		// A template naming what the gateway's credential lacks is refused at load.
+		_, err = runApp(t, "check", "--mode", "client", "--upstream", b.tlsAddr, "--remote-ca", p.caFile,
+			"--remote-cert", gw.certFile, "--remote-key", gw.keyFile, "--remote-server-name", "localhost", "--remote-client-id", "{psk}/{client_id}")
+		if err == nil || !strings.Contains(err.Error(), "has no {psk}") {
+			t.Errorf("check with {psk} over a certificate: %v, want the template refused", err)
+		}
+	})
+
 	t.Run("mutual TLS, client ID rewritten into the gateway's namespace", func(t *testing.T) {
 		s := startServer(t, "--mode", "client", "--upstream", b.tlsAddr, "--remote-ca", p.caFile,
 			"--remote-cert", gw.certFile, "--remote-key", gw.keyFile, "--remote-server-name", "localhost",

@@ -98,6 +98,17 @@ func TestSNITenants(t *testing.T) {
 				"defCert": def.certFile, "defKey": def.keyFile, "caA": a.caFile, "caB": b.caFile,
 				"aCert": a.certFile, "aKey": a.keyFile, "bCert": b.certFile, "bKey": b.keyFile,
 			})
+			if unknown == "default" { // mqtls check loads and shows every tenant's files
+				out, err := runApp(t, "check", "--config", file)
+				if err != nil {
+					t.Fatalf("mqtls check: %v\n%s", err, out)
+				}
+				for _, w := range []string{"tenant tenants/a [tenant-a.example]", "tenant tenants/b [tenant-b.example] -> " + brokerB.addr, b.caFile, "\nok\n"} {
+					if !strings.Contains(out, w) {
+						t.Errorf("mqtls check printed\n%s\nwant it to contain %q", out, w)
+					}
+				}
+			}
 			s := startConfigServer(t, signals{}, file, "tenants")
 			addr := s.addrOf(t, "tenants")
 
