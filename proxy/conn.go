@@ -491,7 +491,8 @@ func (c *conn) summarize() {
 		kind = sessionKind(c.ident.DTLS, c.ident.Kind.String())
 	}
 	h(Summary{
-		Listener: c.cfg.name(),
+		Listener: c.srv.cfgName,
+		Tenant:   c.tenant,
 		Mode:     c.cfg.mode(),
 		Outcome:  c.outcome,
 		Reason:   c.reason,

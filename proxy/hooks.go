@@ -24,9 +24,12 @@ type Hooks struct {
 // Summary is the end of one connection.
 type Summary struct {
 	Listener string
-	Mode     string // ModeServer or ModeClient
-	Outcome  string // one of the Outcome constants
-	Reason   string // "" for a session that ended normally
+	// Tenant is the SNI tenant's name (its Config's Name) when the listener routes by SNI,
+	// "" otherwise. The listener's Opened counted the connection under Listener.
+	Tenant  string
+	Mode    string // ModeServer or ModeClient
+	Outcome string // one of the Outcome constants
+	Reason  string // "" for a session that ended normally
 	// Kind is how the session was secured ("tls", "mtls", "psk", "dtls"); "" when the
 	// handshake failed.
 	Kind              string

@@ -141,8 +141,9 @@ func (c *Config) Validate() error {
 
 // Server serves one listener. Create it with New; it is safe for concurrent use.
 type Server struct {
-	cfg *Config // replaced whole by Update, under mu
-	log zerolog.Logger
+	cfg     *Config // replaced whole by Update, under mu
+	cfgName string  // cfg.name(), which Update cannot change
+	log     zerolog.Logger
 
 	ctx    context.Context // cancelled by Shutdown once draining ends
 	cancel context.CancelFunc
@@ -167,6 +168,7 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:       &cfg,
+		cfgName:   cfg.name(),
 		log:       cfg.Logger.With().Str(fieldListener, cfg.name()).Logger(),
 		ctx:       ctx,
 		cancel:    cancel,

@@ -77,7 +77,10 @@ func (c *conn) route() bool {
 		return false
 	}
 	c.mu.Lock() // CloseTenantMatching reads it
-	c.cfg, c.hello, c.tenant = t, hello, t.name()
+	c.cfg, c.hello = t, hello
+	if ok { // the default entry is the listener's own: its sessions have no tenant
+		c.tenant = t.name()
+	}
 	c.mu.Unlock()
 	return true
 }

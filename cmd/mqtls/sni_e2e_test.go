@@ -93,7 +93,7 @@ func TestSNITenants(t *testing.T) {
 
 	for _, unknown := range []string{"default", "refuse"} {
 		t.Run("unknown "+unknown, func(t *testing.T) {
-			file := writeConfig(t, t.TempDir(), "mqtls.yaml", sniConfig, map[string]string{
+			file := writeConfig(t, t.TempDir(), "mqtls.yaml", "admin: {listen: 127.0.0.1:0}\n"+sniConfig, map[string]string{
 				"broker": brokerA.addr, "brokerB": brokerB.addr, "unknown": unknown,
 				"defCert": def.certFile, "defKey": def.keyFile, "caA": a.caFile, "caB": b.caFile,
 				"aCert": a.certFile, "aKey": a.keyFile, "bCert": b.certFile, "bKey": b.keyFile,
@@ -153,6 +153,17 @@ func TestSNITenants(t *testing.T) {
 					t.Errorf("default entry: CONNACK %d, want 0", code)
 				}
 				c.Close()
+				// Metrics (counted before each audit line is written): each tenant's sessions
+				// under its name; the listener's gauge of open connections, which counted
+				// them at accept, back to zero once the last one's line is out.
+				s.audit(t, func(e logEntry) bool { return e.str("client_id") == "dev-a" && e.str("tenant") == "" })
+				m := scrapeMetrics(t, s.adminAddr(t))
+				fwdA := m[series("mqtls_connections_total", "listener", "tenants/a", "mode", "server", "outcome", "forwarded")]
+				fwdB := m[series("mqtls_connections_total", "listener", "tenants/b", "mode", "server", "outcome", "forwarded")]
+				active := m[series("mqtls_connections_active", "listener", "tenants")]
+				if fwdA != 1 || fwdB != 1 || active != 0 {
+					t.Errorf("metrics: tenants/a forwarded %v, tenants/b forwarded %v, tenants active %v; want 1, 1, 0", fwdA, fwdB, active)
+				}
 			case "refuse":
 				// crypto/tls reports an alert received as a *net.OpError "remote error"
 				// around its (unexported) alert, which prints the alert's name.

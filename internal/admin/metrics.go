@@ -86,6 +86,9 @@ func (m *Metrics) Hooks() proxy.Hooks {
 		},
 		Closed: func(s proxy.Summary) {
 			m.active.WithLabelValues(s.Listener).Dec()
+			if s.Tenant != "" { // an SNI tenant's sessions are counted under its name
+				s.Listener = s.Tenant
+			}
 			m.connections.WithLabelValues(s.Listener, s.Mode, s.Outcome).Inc()
 			switch s.Outcome {
 			case proxy.OutcomeForwarded, proxy.OutcomeRejected:
