@@ -106,6 +106,28 @@ func TestClientModeToMosquittoTLS(t *testing.T) {
 		wantAudit(t, e, map[string]string{"mode": "client", "outcome": "forwarded", "client_id_forwarded": "gw-1/dev7"})
 	})
 
+	t.Run("local clients on a unix socket", func(t *testing.T) {
+		dir, err := os.MkdirTemp("", "mq") // a socket path must stay short
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		sock := filepath.Join(dir, "uplink.sock")
+		s := startServer(t, "--mode", "client", "--listen", "unix:"+sock, "--upstream", b.tlsAddr, "--remote-ca", p.caFile,
+			"--remote-cert", gw.certFile, "--remote-key", gw.keyFile, "--remote-server-name", "localhost")
+		if s.addr != sock {
+			t.Fatalf("listening on %q, want %q", s.addr, sock)
+		}
+		sub := subscribe(t, b.broker, "sub-unix", "unix/#", 1)
+		out, err := runPeerBin(t, "mosquitto_pub", "--unix", sock, "-i", "via-unix", "-t", "unix/x", "-m", "u")
+		if err != nil {
+			t.Fatalf("mosquitto_pub --unix: %v\n%s", err, out)
+		}
+		if got := sub.lines(t); len(got) != 1 || got[0] != "unix/x u" {
+			t.Errorf("subscriber got %q", got)
+		}
+	})
+
 	other, err := handshaketest.NewCA("another CA")
 	if err != nil {
 		t.Fatal(err)
