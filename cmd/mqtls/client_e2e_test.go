@@ -337,3 +337,45 @@ func TestClientModeReload(t *testing.T) {
 		t.Fatalf("the session opened before the reload: got packet %#x, %v; want PINGRESP", typ, err)
 	}
 }
+
+// TestClientModeToMosquittoPSK: the uplink's TLS-PSK client against Mosquitto's own PSK
+// listener (OpenSSL), TLS 1.3 and TLS 1.2.
+func TestClientModeToMosquittoPSK(t *testing.T) {
+	checkGoroutines(t)
+	dir := t.TempDir()
+	const keyHex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	pskFile, err := handshaketest.WriteFile(dir, "psk", []byte("gw-psk:"+keyHex+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b *broker
+	var pskPort int
+	for range 3 {
+		pskPort = freePort(t)
+		extra := fmt.Sprintf("listener %d 127.0.0.1\npsk_hint mqtls\npsk_file %s\nuse_identity_as_username true\n", pskPort, pskFile)
+		if b, err = startBrokerConf(t, freePort(t), "", extra); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := net.JoinHostPort("127.0.0.1", strconv.Itoa(pskPort))
+	for _, minTLS := range []string{"1.2", "1.3"} {
+		t.Run("min "+minTLS, func(t *testing.T) {
+			s := startServer(t, "--mode", "client", "--upstream", remote, "--remote-psk-file", pskFile,
+				"--remote-psk-identity", "gw-psk", "--remote-min-tls", minTLS, "--remote-client-id", "{psk}/{client_id}")
+			id := "sensor-" + minTLS
+			sub := subscribe(t, b, "sub-psk-"+minTLS, "psk/#", 1)
+			if out, err := plainPub(t, s.addr, id, "psk/x", "m"); err != nil {
+				t.Fatalf("mosquitto_pub: %v\n%s", err, out)
+			}
+			if got := sub.lines(t); len(got) != 1 || got[0] != "psk/x m" {
+				t.Errorf("subscriber got %q", got)
+			}
+			b.waitLog(t, "as gw-psk/"+id)
+			e := s.audit(t, func(e logEntry) bool { return e.str("client_id") == id })
+			wantAudit(t, e, map[string]string{"mode": "client", "outcome": "forwarded"})
+		})
+	}
+}
