@@ -257,6 +257,9 @@ func (cl *Client) verifyServer(m *clientMaterial, name string, cs tls.Connection
 		return &Error{Reason: ReasonUntrustedCert, Err: errors.New("the remote sent no certificate")}
 	}
 	if !cl.cfg.InsecureSkipVerify {
+		if name == "" { // a unix socket upstream: nothing would check whose certificate it is
+			return &Error{Reason: ReasonNameMismatch, Err: errors.New("no server name to check the remote's certificate against: set the remote server name")}
+		}
 		inters := x509.NewCertPool()
 		for _, c := range certs[1:] {
 			inters.AddCert(c)

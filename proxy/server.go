@@ -133,6 +133,9 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("proxy: SendProxyHeader %q: want v1, v2 or empty", c.SendProxyHeader)
 	}
+	if c.Rewrite != nil && c.Uplink == nil {
+		return errors.New("proxy: Rewrite is for client mode: it needs an Uplink")
+	}
 	if c.SNI != nil {
 		return c.SNI.validate()
 	}
