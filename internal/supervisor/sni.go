@@ -67,7 +67,11 @@ func describeExtra(w io.Writer, sp config.ListenerSpec, mat *material, now time.
 	var problems []error
 	if c := mat.client; c != nil {
 		id := c.Identity()
-		fmt.Fprintf(w, "  %-9s %s as %s %q%s  files %v\n", "remote", sp.Proxy.Upstream, id.Kind, id.CommonName, id.PSKIdentity, c.Files())
+		name := id.CommonName
+		if id.Kind == handshake.KindPSK {
+			name = id.PSKIdentity
+		}
+		fmt.Fprintf(w, "  %-9s %s as %s %q  files %v\n", "remote", sp.Proxy.Upstream, id.Kind, name, c.Files())
 	}
 	for i, tm := range mat.tenants {
 		t := sp.SNI.Tenants[i]
