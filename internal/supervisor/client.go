@@ -3,8 +3,11 @@ package supervisor
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
+
+	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/internal/config"
@@ -51,4 +54,19 @@ func listenStream(addr string) (net.Listener, error) {
 		os.Remove(path)
 	}
 	return net.Listen("unix", path)
+}
+
+// warnExposedUplink warns about a client-mode listener reachable from other hosts: it
+// accepts plain MQTT and speaks to the remote broker with the gateway's credential, so
+// anyone who reaches it does too.
+func warnExposedUplink(log zerolog.Logger, sp config.ListenerSpec) {
+	if sp.Mode != config.ModeClient || strings.HasPrefix(sp.Listen, config.UnixPrefix) {
+		return
+	}
+	host, _, err := net.SplitHostPort(sp.Listen)
+	if ip, perr := netip.ParseAddr(host); err == nil && (host == "localhost" || perr == nil && ip.IsLoopback()) {
+		return
+	}
+	log.Warn().Str("listener", sp.Name).Str("listen", sp.Listen).
+		Msg("client-mode listener accepts plain MQTT beyond this host: anyone who reaches it speaks to the remote broker with the gateway's credential; listen on 127.0.0.1 or a unix socket")
 }

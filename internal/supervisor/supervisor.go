@@ -371,6 +371,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			ev = ev.Str("psk_file", r.spec.PSKFile).Int("psk_identities", r.mat.psk.Store().Len())
 		}
 		ev.Msg("starting")
+		warnExposedUplink(log, r.spec) // client.go
 	}
 	ready.Bound.Store(true)
 	adminErr := make(chan error, 1)
