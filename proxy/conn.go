@@ -32,6 +32,8 @@ type conn struct {
 	mu       sync.Mutex
 	upstream net.Conn // set once dialled, for abort
 	secure   net.Conn // the handshake's conn, nil until it succeeds
+	hello    []byte   // the ClientHello SNI routing read, replayed to the tenant's handshaker
+	tenant   string   // the SNI tenant chosen, "" if none
 	park     *parkedPipe
 	aborted  bool
 	secured  bool        // the handshake succeeded; ident is set (under mu, for CloseMatching)
@@ -147,6 +149,9 @@ func (c *conn) run() (parked bool) {
 	if len(c.cfg.TrustProxyFrom) > 0 && trustsProxy(c.cfg.TrustProxyFrom, c.device.RemoteAddr()) && !c.acceptProxyHeader() {
 		return false
 	}
+	if c.cfg.SNI != nil && !c.route() { // sni.go
+		return false
+	}
 	secure, ok := c.handshake()
 	if !ok {
 		return false
@@ -182,7 +187,14 @@ func (c *conn) run() (parked bool) {
 		out = append(hdr, out...)
 	}
 	if _, err := up.Write(out); err != nil {
-		c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
+		// In client mode the remote's refusal (an alert after a TLS 1.3 handshake) may be
+		// waiting to be read: awaitConnack reads it and answers the local client.
+		if c.cfg.Uplink == nil || c.awaitConnack(secure, up, &cp) {
+			c.endedBy, c.err = "upstream", fmt.Errorf("writing CONNECT upstream: %w", err)
+		}
+		return false
+	}
+	if c.cfg.Uplink != nil && !c.awaitConnack(secure, up, &cp) {
 		return false
 	}
 	// The parsed CONNECT aliases the packet's bytes: let a long session not keep them
@@ -248,7 +260,15 @@ func (c *conn) handshake() (net.Conn, bool) {
 	_ = c.device.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
-	secure, id, err := c.cfg.Handshaker.Handshake(ctx, c.device)
+	var secure net.Conn
+	var id handshake.Identity
+	var err error
+	if c.hello != nil { // SNI routing read the ClientHello
+		secure, id, err = c.cfg.Handshaker.(HelloHandshaker).HandshakeHello(ctx, c.device, c.hello)
+		c.hello = nil
+	} else {
+		secure, id, err = c.cfg.Handshaker.Handshake(ctx, c.device)
+	}
 	took := time.Since(c.start)
 	if err != nil {
 		c.outcome, c.reason, c.err = OutcomeHandshakeFailed, handshake.Reason(err), err
@@ -258,7 +278,11 @@ func (c *conn) handshake() (net.Conn, bool) {
 		return nil, false
 	}
 	if h := c.cfg.Hooks.Handshake; h != nil {
-		h(c.cfg.name(), sessionKind(id.DTLS, id.Kind.String()), "", took)
+		kind := sessionKind(id.DTLS, id.Kind.String())
+		if c.cfg.Uplink != nil {
+			kind = ModePlain // client mode: the local side is not secured
+		}
+		h(c.cfg.name(), kind, "", took)
 	}
 	c.mu.Lock()
 	c.ident, c.secured = id, true
@@ -333,7 +357,11 @@ func (c *conn) bind(secure net.Conn, pkt []byte, cp *policy.Connect) ([]byte, bo
 		return nil, c.badFirstPacket(ReasonMalformedPacket, err)
 	}
 	var d policy.Decision
-	if err == nil {
+	switch {
+	case err == nil && c.cfg.Rewrite != nil:
+		d, err = c.cfg.Rewrite.Bind(c.cfg.Uplink.Identity(), cp)
+		errors.As(err, &rej)
+	case err == nil:
 		d, err = c.cfg.Policy.Bind(c.ident, cp)
 		errors.As(err, &rej)
 	}
@@ -366,7 +394,7 @@ func (c *conn) dial(secure net.Conn, cp *policy.Connect) (net.Conn, bool) {
 		err = errors.New("dialing upstream: server shutting down")
 	}
 	if err != nil {
-		c.outcome, c.reason, c.err = OutcomeUpstreamUnavailable, ReasonUpstreamUnavailable, err
+		c.outcome, c.reason, c.err = OutcomeUpstreamUnavailable, upstreamReason(err), err
 		c.srv.log.Warn().Err(err).Uint64(fieldConnID, c.id).Msg("broker unreachable")
 		c.refuse(secure, cp, policy.CodeServerUnavailable, "broker unavailable")
 		return nil, false
@@ -435,6 +463,12 @@ func (c *conn) audit() {
 	if c.dgram != nil {
 		ev = ev.Uint64(fieldDropped, c.dgram.Dropped())
 	}
+	if c.cfg.Uplink != nil {
+		ev = ev.Str(fieldMode, ModeClient)
+	}
+	if c.tenant != "" {
+		ev = ev.Str(fieldTenant, c.tenant)
+	}
 	if c.endedBy != "" {
 		ev = ev.Str(fieldEndedBy, c.endedBy)
 	}
@@ -457,7 +491,9 @@ func (c *conn) summarize() {
 		kind = sessionKind(c.ident.DTLS, c.ident.Kind.String())
 	}
 	h(Summary{
-		Listener: c.cfg.name(),
+		Listener: c.srv.cfgName,
+		Tenant:   c.tenant,
+		Mode:     c.cfg.mode(),
 		Outcome:  c.outcome,
 		Reason:   c.reason,
 		Kind:     kind,

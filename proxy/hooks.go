@@ -9,7 +9,8 @@ type Hooks struct {
 	// Opened is called when a connection is accepted and counted.
 	Opened func(listener string)
 	// Handshake is called when a handshake ends: kind is "tls", "mtls", "psk" or "dtls" on
-	// success, "" on failure, when reason says why.
+	// success ("plain" for a client-mode listener's local side), "" on failure, when reason
+	// says why.
 	Handshake func(listener, kind, reason string, took time.Duration)
 	// Closed is called once per connection with what its audit line says.
 	Closed func(Summary)
@@ -23,8 +24,12 @@ type Hooks struct {
 // Summary is the end of one connection.
 type Summary struct {
 	Listener string
-	Outcome  string // one of the Outcome constants
-	Reason   string // "" for a session that ended normally
+	// Tenant is the SNI tenant's name (its Config's Name) when the listener routes by SNI,
+	// "" otherwise. The listener's Opened counted the connection under Listener.
+	Tenant  string
+	Mode    string // ModeServer or ModeClient
+	Outcome string // one of the Outcome constants
+	Reason  string // "" for a session that ended normally
 	// Kind is how the session was secured ("tls", "mtls", "psk", "dtls"); "" when the
 	// handshake failed.
 	Kind              string

@@ -3,6 +3,8 @@ package proxy
 // Log field names, shared by every line the package writes.
 const (
 	fieldListener        = "listener"
+	fieldMode            = "mode"
+	fieldTenant          = "tenant"
 	fieldAddr            = "addr"
 	fieldConnID          = "conn_id"
 	fieldRemote          = "remote"

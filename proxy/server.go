@@ -72,6 +72,17 @@ type Config struct {
 	// CONNECT ("" for none); v2 carries the TLS version, cipher and client CN as TLVs.
 	SendProxyHeader string
 
+	// Uplink makes this a client-mode listener: local clients connect in plain text
+	// (Handshaker Plain) and each session goes to Upstream through Uplink.Dial, secured
+	// toward the remote broker. nil is server mode, a plain dial.
+	Uplink Uplink
+	// Rewrite, in client mode, rewrites each local client's CONNECT from templates over the
+	// uplink's credential (see policy.Rewrite); nil forwards it under Policy.
+	Rewrite *policy.Rewrite
+	// SNI, when set, chooses each connection's tenant by its ClientHello's server name
+	// (see SNI); this Config's limits apply at accept, the tenant's from the handshake on.
+	SNI *SNI
+
 	Hooks  Hooks
 	Logger zerolog.Logger
 }
@@ -122,13 +133,20 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("proxy: SendProxyHeader %q: want v1, v2 or empty", c.SendProxyHeader)
 	}
+	if c.Rewrite != nil && c.Uplink == nil {
+		return errors.New("proxy: Rewrite is for client mode: it needs an Uplink")
+	}
+	if c.SNI != nil {
+		return c.SNI.validate()
+	}
 	return nil
 }
 
 // Server serves one listener. Create it with New; it is safe for concurrent use.
 type Server struct {
-	cfg *Config // replaced whole by Update, under mu
-	log zerolog.Logger
+	cfg     *Config // replaced whole by Update, under mu
+	cfgName string  // cfg.name(), which Update cannot change
+	log     zerolog.Logger
 
 	ctx    context.Context // cancelled by Shutdown once draining ends
 	cancel context.CancelFunc
@@ -153,6 +171,7 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:       &cfg,
+		cfgName:   cfg.name(),
 		log:       cfg.Logger.With().Str(fieldListener, cfg.name()).Logger(),
 		ctx:       ctx,
 		cancel:    cancel,
@@ -281,11 +300,17 @@ func (s *Server) Update(cfg Config) error {
 // authenticated by a PSK that was just removed or a certificate just revoked, and returns
 // how many it closed.
 func (s *Server) CloseMatching(match func(handshake.Identity) bool) int {
+	return s.closeMatching("", match)
+}
+
+// closeMatching is CloseMatching for the sessions of one SNI tenant ("" for the
+// listener's own): each is judged by the files of the entry that authenticated it.
+func (s *Server) closeMatching(tenant string, match func(handshake.Identity) bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	for cn := range s.conns {
-		if id, ok := cn.identityIfSecured(); ok && match(id) {
+		if id, ok := cn.identityIfSecured(); ok && cn.tenantOf() == tenant && match(id) {
 			cn.revoke()
 			n++
 		}

@@ -23,7 +23,17 @@ func parseUpstream(s string) (network, addr string, err error) {
 
 func dialUpstream(ctx context.Context, cfg *Config) (net.Conn, error) {
 	network, addr, _ := parseUpstream(cfg.Upstream) // validated in New
-	d := net.Dialer{Timeout: orDuration(cfg.DialTimeout, DefaultDialTimeout)}
+	timeout := orDuration(cfg.DialTimeout, DefaultDialTimeout)
+	if cfg.Uplink != nil { // the timeout covers the remote's handshake too
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		c, err := cfg.Uplink.Dial(ctx, network, addr)
+		if err != nil {
+			return nil, fmt.Errorf("connecting to remote broker %s: %w", cfg.Upstream, err)
+		}
+		return c, nil
+	}
+	d := net.Dialer{Timeout: timeout}
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("dialing upstream %s: %w", cfg.Upstream, err)

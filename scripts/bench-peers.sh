@@ -14,7 +14,9 @@
 # each group of measurements: idle-session memory at two session counts, mutual-TLS
 # sessions per second and CPU per session, TLS-PSK and DTLS-PSK sessions, QoS 0 and 1
 # publish CPU per message, PINGREQ round trips (added to a direct baseline), and bulk
-# throughput into a discard sink. Results (one JSON line each) go to WORK/results.jsonl;
+# throughput into a discard sink; and client mode (stunnel's client = yes) for mqtls and
+# stunnel: plain MQTT sessions in, mutual TLS out to a second Mosquitto that requires client
+# certificates (the "remote", on CPU 0 with the load tool). Results (one JSON line each) go to WORK/results.jsonl;
 # `mqtls-bench report` turns them into BENCHMARKS.md (medians, mqtls ÷ best peer, goals).
 #
 # Usage: scripts/bench-peers.sh [--quick] [--reps N] [--out FILE] [--work DIR] [--pprof]
@@ -171,8 +173,8 @@ wait_port() {
 
 BASE=${BENCH_PORT_BASE:-28800}
 P_BROKER=$BASE P_SINK=$((BASE + 1)) P_MTLS=$((BASE + 10)) P_BULK=$((BASE + 11)) P_PSK=$((BASE + 12))
-P_DTLS=$((BASE + 13)) P_ADMIN=$((BASE + 14))
-for p in $P_BROKER $P_SINK $P_MTLS $P_BULK $P_PSK $P_ADMIN; do
+P_DTLS=$((BASE + 13)) P_ADMIN=$((BASE + 14)) P_CLIENT=$((BASE + 15)) P_REMOTE=$((BASE + 16))
+for p in $P_BROKER $P_SINK $P_MTLS $P_BULK $P_PSK $P_ADMIN $P_CLIENT $P_REMOTE; do
 	port_open "$p" && die "port $p is in use; pick other ports with BENCH_PORT_BASE"
 done
 
@@ -251,6 +253,11 @@ listeners:
     listen: 127.0.0.1:$P_DTLS
     upstream: 127.0.0.1:$P_BROKER
     psk: {file: $WORK/psk.txt, format: mosquitto}
+  - name: uplink
+    mode: client
+    listen: 127.0.0.1:$P_CLIENT
+    upstream: 127.0.0.1:$P_REMOTE
+    remote: {server_name: localhost, ca: $WORK/ca.crt, cert: $WORK/client.crt, key: $WORK/client.key}
 EOF
 }
 mqtls_conf "" >"$WORK/mqtls.yaml"
@@ -289,6 +296,31 @@ accept = 127.0.0.1:$P_PSK
 connect = 127.0.0.1:$P_BROKER
 PSKsecrets = $WORK/psk.txt
 ciphers = PSK
+
+[uplink]
+client = yes
+accept = 127.0.0.1:$P_CLIENT
+connect = 127.0.0.1:$P_REMOTE
+cert = $WORK/client.crt
+key = $WORK/client.key
+CAfile = $WORK/ca.crt
+verifyChain = yes
+checkHost = localhost
+EOF
+
+# The remote broker of client mode: Mosquitto's TLS listener requiring client certificates.
+cat >"$WORK/remote.conf" <<EOF
+listener $P_REMOTE 127.0.0.1
+cafile $WORK/ca.crt
+certfile $WORK/server.crt
+keyfile $WORK/server.key
+require_certificate true
+allow_anonymous true
+persistence false
+user root
+log_dest file $WORK/remote.log
+log_type error
+log_type warning
 EOF
 
 HAPROXY_MAXCONN=$(((FD_LIMIT - 1000) / 2))
@@ -380,6 +412,8 @@ say "starting the broker (Mosquitto, CPU 0) and the bulk sink (CPU 0)"
 launch broker 0 mosquitto -c "$WORK/broker.conf"
 BROKER_PID=$LAUNCHED
 wait_port "$P_BROKER" "$BROKER_PID" broker
+launch remote 0 mosquitto -c "$WORK/remote.conf"
+wait_port "$P_REMOTE" "$LAUNCHED" remote
 launch sink 0 "$BENCH" sink --listen "127.0.0.1:$P_SINK" --timeout 2h
 SINK_PID=$LAUNCHED
 wait_port "$P_SINK" "$SINK_PID" sink
@@ -476,6 +510,9 @@ measure() {
 		# TLS 1.3 external PSK, psk_dhe_ke with X25519 (stunnel and Mosquitto through OpenSSL).
 		run "$t" conns-psk13 "$pids" conns --mode psk --addr "127.0.0.1:$P_PSK" "${PSK[@]}" --psk-suite TLS_AES_128_GCM_SHA256 --n "$PSK_N" --c "$CONNS_C" ;;
 	esac
+	case $t in mqtls | stunnel) # client mode: plain in, mutual TLS out to the remote broker
+		run "$t" conns-client "$pids" conns --mode plain --addr "127.0.0.1:$P_CLIENT" --n "$PSK_N" --c "$CONNS_C" ;;
+	esac
 	[[ $t == mqtls ]] &&
 		run "$t" conns-dtls "$pids" conns --mode dtls-psk --addr "127.0.0.1:$P_DTLS" "${PSK[@]}" --n "$DTLS_N" --c "$CONNS_C"
 	local pub=(--publishers "$PUBLISHERS" --subscribers "$SUBSCRIBERS" --payload "$PAYLOAD" --batch "$BATCH")
@@ -546,6 +583,7 @@ jq -cn \
 - **QoS 0 / QoS 1 CPU µs/msg**: \`mqtls-bench pub\`, $PUBLISHERS publishers and $SUBSCRIBERS subscriber, all through the target, $PAYLOAD-byte payloads written $BATCH per write, QoS 0: $PUB0_MSGS, QoS 1: $PUB1_MSGS messages per publisher; the subscriber must receive every message (a run that lost any does not count). Target CPU ÷ (messages in + deliveries out).
 - **ping added**: $PING_N PINGREQ→PINGRESP round trips, one at a time, over one session through the target, minus the same straight to Mosquitto (load tool and broker both on CPU 0). "CPU 1" is the usual pinning: each round trip wakes CPU 1 twice for a proxy (once for Mosquitto's own listener), which costs tens of µs in this VM whatever the target. "same CPU" moves the target to CPU 0 for this run only (\`taskset -apc 0\`), leaving the target's own processing. "busy polling" is a fresh target on CPU 1 with its busy polling on (mqtls \`busy_poll: $BUSY_POLL\`, HAProxy \`busy-polling\`; the others have none): it keeps CPU 1 busy while the session talks, so only the wake-ups of CPU 0 remain.
 - **bulk**: $((BULK_BYTES >> 20)) MiB of 64 KiB QoS 0 PUBLISHes on one session, then a PINGREQ whose PINGRESP marks the end; the proxies forward to \`mqtls-bench sink\` (reads and discards), Mosquitto receives them itself (no subscriber). MB = 10⁶ bytes.
+- **Client mode**: \`mqtls-bench conns --mode plain\` into mqtls's client-mode listener and stunnel's \`client = yes\` service, $PSK_N sessions: plain CONNECT in, TLS 1.3 mutual TLS out to a second Mosquitto (on CPU 0) with \`require_certificate true\`, its CONNACK back. CPU is the target's, so it covers the handshake as the client side, the dial and the close.
 - Logging as each does by default: mqtls writes its JSON audit line per connection, stunnel its notices, Mosquitto its connection messages (to files); HAProxy and nginx log nothing without a log directive. mqtls's policy is \`client_id: off\` (plain termination, like the peers).
 EOF
 	)" \

@@ -318,6 +318,9 @@ var (
 	colPSK13CPU  = column{title: "CPU µs/TLS 1.3 PSK session", tag: "conns-psk13", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
 	colDTLSRate  = column{title: "DTLS-PSK sessions/s", tag: "conns-dtls", path: "per_s", decimals: 0}
 	colDTLSCPU   = column{title: "CPU µs/DTLS-PSK session", tag: "conns-dtls", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
+	// Client mode (#18).
+	colClientRate = column{title: "client-mode sessions/s", tag: "conns-client", path: "per_s", decimals: 0}
+	colClientCPU  = column{title: "CPU µs/client-mode session", tag: "conns-client", path: "target_cpu_us_per_conn", lower: true, decimals: 0}
 )
 
 func buildReport(lines []map[string]any) (string, error) {
@@ -427,6 +430,17 @@ func buildReport(lines []map[string]any) (string, error) {
 			fmtNum(r.median(t, colPSKRate), 0), fmtNum(r.median(t, colPSKCPU), 0), fmtNum(perCore(t, pskPerCore), 0),
 			fmtNum(r.median(t, colPSK13Rate), 0), fmtNum(r.median(t, colPSK13CPU), 0), fmtNum(perCore(t, psk13PerCore), 0),
 			fmtNum(r.median(t, colDTLSRate), 0), fmtNum(r.median(t, colDTLSCPU), 0), fmtNum(perCore(t, dtlsPerCore), 0))
+	}
+
+	var clientTargets []string
+	for _, t := range targets {
+		if len(r.values(t, "conns-client", "per_s")) > 0 {
+			clientTargets = append(clientTargets, t)
+		}
+	}
+	if len(clientTargets) > 0 {
+		b.WriteString("\n## Client mode (stunnel's client = yes)\n\nPlain MQTT sessions in, TLS 1.3 mutual TLS out to a second Mosquitto that requires the client certificate; the remote's CONNACK back to the local client.\n\n")
+		r.table(&b, clientTargets, []column{colClientRate, colClientCPU}, names)
 	}
 
 	b.WriteString("\n## Goals (issue 8)\n\n| goal | mqtls | best peer | met |\n|---|---:|---:|:---:|\n")

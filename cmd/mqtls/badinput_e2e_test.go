@@ -275,7 +275,7 @@ func TestBadInput(t *testing.T) {
 					e := s.auditFrom(t, conn.LocalAddr().String())
 					wantAudit(t, e, map[string]string{"outcome": tc.outcome, "reason": tc.reason})
 					after := scrapeMetrics(t, admin)
-					total := series("mqtls_connections_total", "listener", "tcp", "outcome", tc.outcome)
+					total := series("mqtls_connections_total", "listener", "tcp", "mode", "server", "outcome", tc.outcome)
 					switch tc.outcome {
 					case "handshake_failed":
 						wantMoved(t, before, after, total, series("mqtls_handshake_failures_total", "listener", "tcp", "reason", tc.reason))
@@ -312,7 +312,7 @@ func TestBadInput(t *testing.T) {
 					e := s.auditFrom(t, conn.LocalAddr().String())
 					wantAudit(t, e, map[string]string{"outcome": "upstream_unavailable", "reason": "upstream_unavailable"})
 					wantMoved(t, before, scrapeMetrics(t, admin),
-						series("mqtls_connections_total", "listener", "tcp", "outcome", "upstream_unavailable"),
+						series("mqtls_connections_total", "listener", "tcp", "mode", "server", "outcome", "upstream_unavailable"),
 						series("mqtls_upstream_dial_failures_total", "listener", "tcp"))
 				}
 			})

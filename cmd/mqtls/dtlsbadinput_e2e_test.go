@@ -36,7 +36,7 @@ func TestDTLSBadInput(t *testing.T) {
 			t.Errorf("%s went up by %v, want 1", metric, got)
 		}
 	}
-	closed := series("mqtls_connections_total", "listener", "dtls", "outcome", "bad_first_packet")
+	closed := series("mqtls_connections_total", "listener", "dtls", "mode", "server", "outcome", "bad_first_packet")
 
 	t.Run("unknown PSK identity", func(t *testing.T) {
 		before := scrapeMetrics(t, admin)

@@ -333,6 +333,7 @@ type broker struct {
 	addr   string
 	log    *lineLog
 	exited chan struct{}
+	stop   func() // SIGTERM, and wait for it to exit
 
 	mu     sync.Mutex
 	probes map[string]bool // local addresses of the harness's own connections
@@ -363,6 +364,13 @@ func startBroker(t *testing.T, acl string) *broker {
 // startBrokerOn starts Mosquitto on 127.0.0.1:port and waits until it accepts connections.
 func startBrokerOn(t *testing.T, port int, acl string) (*broker, error) {
 	t.Helper()
+	return startBrokerConf(t, port, acl, "")
+}
+
+// startBrokerConf is startBrokerOn with further mosquitto.conf lines (more listeners, a
+// bridge) after the plain listener the harness uses.
+func startBrokerConf(t *testing.T, port int, acl, extra string) (*broker, error) {
+	t.Helper()
 	bin := peerBin(t, "mosquitto")
 	dir := t.TempDir()
 	conf := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\nconnection_messages true\n", port)
@@ -377,7 +385,7 @@ func startBrokerOn(t *testing.T, port int, acl string) (*broker, error) {
 		}
 		conf += "acl_file " + aclFile + "\n"
 	}
-	confFile, err := handshaketest.WriteFile(dir, "mosquitto.conf", []byte(conf))
+	confFile, err := handshaketest.WriteFile(dir, "mosquitto.conf", []byte(conf+extra))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,16 +406,20 @@ func startBrokerOn(t *testing.T, port int, acl string) (*broker, error) {
 		_ = cmd.Wait()
 		close(b.exited)
 	}()
+	var stopOnce sync.Once
 	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-b.exited:
-		case <-time.After(5 * time.Second):
-			t.Errorf("mosquitto (pid %d) ignored SIGTERM for 5s; killing it", cmd.Process.Pid)
-			_ = cmd.Process.Kill()
-			<-b.exited
-		}
+		stopOnce.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-b.exited:
+			case <-time.After(5 * time.Second):
+				t.Errorf("mosquitto (pid %d) ignored SIGTERM for 5s; killing it", cmd.Process.Pid)
+				_ = cmd.Process.Kill()
+				<-b.exited
+			}
+		})
 	}
+	b.stop = stop
 
 	if _, ok := b.log.wait(waitTimeout, b.exited, func(l string) bool { return strings.Contains(l, " running") }); !ok {
 		stop()

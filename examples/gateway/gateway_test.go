@@ -72,12 +72,13 @@ func run(t *testing.T, args ...string) (string, string, error) {
 // fixtures are the files mqtls.yaml names, made for real in dir: a device CA with its CRL,
 // a server certificate for 127.0.0.1, and a PSK file in stunnel's format.
 type fixtures struct {
-	dir string
+	dir       string
+	cloudPort string // where the uplink's cloud broker listens, if a test starts one
 }
 
 func newFixtures(t *testing.T) fixtures {
 	t.Helper()
-	fx := fixtures{dir: t.TempDir()}
+	fx := fixtures{dir: t.TempDir(), cloudPort: port(t, "tcp")}
 	ca, err := handshaketest.NewCA("gateway device CA")
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +100,28 @@ func newFixtures(t *testing.T) fixtures {
 		// stunnel's PSKsecrets: a key of hex digits is binary, any other is its raw bytes.
 		"psk.txt": []byte("sensor-7:correct horse battery staple\nsensor-8:00112233445566778899aabbccddeeff\n"),
 	} {
+		if _, err := handshaketest.WriteFile(fx.dir, name, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The uplink's side: the cloud broker's CA and certificate, and the gateway's own.
+	cloud, err := handshaketest.NewCA("cloud CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tmpl := range map[string]handshaketest.Template{
+		"cloud-server": {CommonName: "cloud.example.com", DNSNames: []string{"cloud.example.com"}},
+		"gateway":      {CommonName: "gw-1"},
+	} {
+		c, err := cloud.Issue(tmpl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.Files(fx.dir, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, data := range map[string][]byte{"cloud-ca.crt": cloud.CertPEM} {
 		if _, err := handshaketest.WriteFile(fx.dir, name, data); err != nil {
 			t.Fatal(err)
 		}
@@ -144,6 +167,8 @@ func localConfig(t *testing.T, fx fixtures) string {
 		{`listen: ":8884"`, `listen: "127.0.0.1:` + port(t, "tcp") + `"`},
 		{`listen: ":5684"`, `listen: "127.0.0.1:` + port(t, "udp") + `"`},
 		{"listen: 127.0.0.1:9090", "listen: 127.0.0.1:" + port(t, "tcp")},
+		{"listen: 127.0.0.1:1884", "listen: 127.0.0.1:" + port(t, "tcp")},
+		{"upstream: cloud.example.com:8883", "upstream: 127.0.0.1:" + fx.cloudPort},
 	} {
 		if !strings.Contains(text, r[0]) {
 			t.Fatalf("mqtls.yaml has no %q any more; update the test with the example", r[0])
@@ -162,6 +187,7 @@ type exampleConfig struct {
 	DrainTimeout string `yaml:"drain_timeout"`
 	Listeners    []struct {
 		Name      string `yaml:"name"`
+		Mode      string `yaml:"mode"`
 		Transport string `yaml:"transport"`
 		Listen    string `yaml:"listen"`
 		Upstream  string `yaml:"upstream"`
@@ -200,11 +226,12 @@ func TestConfig(t *testing.T) {
 	var got []want
 	for _, l := range c.Listeners {
 		got = append(got, want{l.Name, l.Transport, l.Listen, l.Policy.ClientID})
-		if l.Upstream != "127.0.0.1:1883" {
+		if l.Upstream != "127.0.0.1:1883" && l.Mode != "client" {
 			t.Errorf("listener %s: upstream %q, want Mosquitto on 127.0.0.1:1883", l.Name, l.Upstream)
 		}
 	}
-	if w := []want{{"mqtt-tls", "", ":8883", "enforce"}, {"mqtt-psk", "", ":8884", "rewrite"}, {"mqtt-dtls", "dtls", ":5684", "rewrite"}}; !slices.Equal(got, w) {
+	if w := []want{{"mqtt-tls", "", ":8883", "enforce"}, {"mqtt-psk", "", ":8884", "rewrite"}, {"mqtt-dtls", "dtls", ":5684", "rewrite"},
+		{"uplink", "", "127.0.0.1:1884", ""}}; !slices.Equal(got, w) {
 		t.Errorf("listeners (name, transport, listen, client_id) %v, want %v", got, w)
 	}
 	if c.Listeners[0].TLS.ClientCA == "" || c.Listeners[1].PSK.File == "" || c.Listeners[2].PSK.File == "" {
@@ -221,7 +248,7 @@ func TestConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mqtls check --config %s: %v\n%s%s", file, err, out, stderr)
 	}
-	for _, w := range []string{"listener mqtt-tls: tcp", "listener mqtt-psk: tcp", "listener mqtt-dtls: dtls", "3 identities", "\nok\n"} {
+	for _, w := range []string{"listener mqtt-tls: tcp", "listener mqtt-psk: tcp", "listener mqtt-dtls: dtls", "listener uplink: tcp", "3 identities", "\nok\n"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("mqtls check printed\n%s\nwant it to contain %q", out, w)
 		}
@@ -310,7 +337,7 @@ func TestServe(t *testing.T) {
 			t.Logf("mqtls log:\n%s", logs)
 		}
 	})
-	for _, name := range []string{"mqtt-tls", "mqtt-psk", "mqtt-dtls"} {
+	for _, name := range []string{"mqtt-tls", "mqtt-psk", "mqtt-dtls", "uplink"} {
 		logs.wait(t, `"listener":"`+name+`"`, `"message":"listening"`)
 	}
 

@@ -37,8 +37,8 @@ func NewMetrics() *Metrics {
 		Name: "mqtls_connections_active", Help: "Connections open now, handshakes included.",
 	}, []string{"listener"})
 	m.connections = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "mqtls_connections_total", Help: "Connections ended, by outcome (forwarded, rejected, handshake_failed, bad_first_packet, upstream_unavailable, refused).",
-	}, []string{"listener", "outcome"})
+		Name: "mqtls_connections_total", Help: "Connections ended, by mode (server, client) and outcome (forwarded, rejected, handshake_failed, bad_first_packet, upstream_unavailable, refused).",
+	}, []string{"listener", "mode", "outcome"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mqtls_connections_refused_total", Help: "Connections closed at accept by a limit (max_connections, per_ip_rate).",
 	}, []string{"listener", "reason"})
@@ -90,7 +90,10 @@ func (m *Metrics) Hooks() proxy.Hooks {
 		},
 		Closed: func(s proxy.Summary) {
 			m.active.WithLabelValues(s.Listener).Dec()
-			m.connections.WithLabelValues(s.Listener, s.Outcome).Inc()
+			if s.Tenant != "" { // an SNI tenant's sessions are counted under its name
+				s.Listener = s.Tenant
+			}
+			m.connections.WithLabelValues(s.Listener, s.Mode, s.Outcome).Inc()
 			switch s.Outcome {
 			case proxy.OutcomeForwarded, proxy.OutcomeRejected:
 				reason := s.Reason

@@ -18,7 +18,7 @@ func TestReadmeMetrics(t *testing.T) {
 	readme := string(data)
 	m := NewMetrics()
 	m.active.WithLabelValues("tcp") // vectors are listed once they have a series
-	m.connections.WithLabelValues("tcp", "forwarded")
+	m.connections.WithLabelValues("tcp", "server", "forwarded")
 	m.refused.WithLabelValues("tcp", "max_connections")
 	m.handshakeErr.WithLabelValues("tcp", "not_tls")
 	m.DTLSDropped("dtls")("dtls_stale_cookie")

@@ -64,6 +64,9 @@ type Listener struct {
 	Timeouts      Timeouts      `yaml:"timeouts"`
 	DTLS          DTLS          `yaml:"dtls"`
 	ProxyProtocol ProxyProtocol `yaml:"proxy_protocol"`
+	Mode          string        `yaml:"mode"`   // "" (server) or ModeClient
+	Remote        Remote        `yaml:"remote"` // client mode: see client.go
+	SNI           SNI           `yaml:"sni"`    // tenants by server name: see sni.go
 }
 
 type TLS struct {
@@ -168,6 +171,11 @@ type ListenerSpec struct {
 	// KeyPrefix spells the listener's keys in messages about its files: "" for flags,
 	// "listeners[2]." for the file.
 	KeyPrefix string
+	// Mode is "" for server mode or ModeClient; Client is set in client mode.
+	Mode   string
+	Client ClientSpec
+	// SNI lists the tenants chosen by server name; the spec itself is the default entry.
+	SNI SNISpec
 }
 
 // Key names a listener key for a message, as a flag or as a key path.
@@ -201,6 +209,16 @@ func prefixOf(key KeyNamer) string {
 // BuildListener validates l and turns it into a spec. Every problem is reported, each
 // naming the key (or flag) to change.
 func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
+	switch l.Mode {
+	case "", "server":
+		if !remoteUnset(l.Remote) {
+			return ListenerSpec{Name: l.Name}, []error{fmt.Errorf("%s is for client mode: set %s client, or drop it", key("remote"), key("mode"))}
+		}
+	case ModeClient:
+		return buildClientListener(l, key)
+	default:
+		return ListenerSpec{Name: l.Name}, []error{fmt.Errorf("%s %q: want server or client", key("mode"), l.Mode)}
+	}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	sp := ListenerSpec{Name: l.Name, Transport: l.Transport, Listen: l.Listen, KeyPrefix: prefixOf(key)}
@@ -450,6 +468,9 @@ func BuildListener(l Listener, key KeyNamer) (ListenerSpec, []error) {
 	if sp.Transport == "dtls" && (len(sp.ProxyFrom) > 0) {
 		bad("%s on a DTLS listener: the PROXY protocol is accepted on TCP listeners only", key("proxy_protocol.accept_from"))
 	}
+	var sniErrs []error
+	sp.SNI, sniErrs = buildSNI(l, key)
+	errs = append(errs, sniErrs...)
 	return sp, errs
 }
 
@@ -610,6 +631,7 @@ var yamlTypes = map[string]string{
 	"File": "the top level", "Listener": "a listener", "Admin": "admin", "Log": "log",
 	"TLS": "tls", "PSK": "psk", "Policy": "policy", "Limits": "limits",
 	"Timeouts": "timeouts", "DTLS": "dtls", "ProxyProtocol": "proxy_protocol",
+	"Remote": "remote", "SNI": "sni", "Tenant": "a tenant",
 }
 
 var (

@@ -131,6 +131,20 @@ var Settings = []Setting{
 	{Flag: "max-connections-per-identity", Scope: InListener, Key: "limits.max_connections_per_identity", Default: 0, Usage: "most sessions one identity may hold; one more gets CONNACK server busy; 0 for no cap"},
 	{Flag: "proxy-protocol", Scope: InListener, Key: "proxy_protocol.send", Default: "", Usage: "send a PROXY protocol header to the upstream: v1 or v2 (v2 carries the TLS version, cipher and client CN)"},
 	{Flag: "proxy-protocol-from", Scope: InListener, Key: "proxy_protocol.accept_from", Default: []string(nil), Usage: "accept a PROXY protocol header from this source `CIDR` (repeatable; behind a load balancer)"},
+	// Client mode (#18): plain MQTT in from local clients, TLS out to a remote broker.
+	{Flag: "mode", Scope: InListener, Key: "mode", Default: "server", Usage: "server (TLS in, plain MQTT to --upstream) or client (plain MQTT in, TLS to the remote broker --upstream)"},
+	{Flag: "remote-server-name", Scope: InListener, Key: "remote.server_name", Default: "", Usage: "client mode: `name` sent as SNI and required in the remote broker's certificate (default the host of --upstream)"},
+	{Flag: "remote-ca", Scope: InListener, Key: "remote.ca", Default: "", Usage: "client mode: PEM `file` of the CAs trusted for the remote broker (default the system roots)"},
+	{Flag: "remote-cert", Scope: InListener, Key: "remote.cert", Default: "", Usage: "client mode: the gateway's certificate chain, PEM `file`, for mutual TLS"},
+	{Flag: "remote-key", Scope: InListener, Key: "remote.key", Default: "", Usage: "client mode: the gateway's private key, PEM `file`"},
+	{Flag: "remote-pinned-keys", Scope: InListener, Key: "remote.pinned_keys", Default: "", Usage: "client mode: `file` of pinned keys (name sha256-of-SPKI per line); the remote's key must be one"},
+	{Flag: "remote-psk-file", Scope: InListener, Key: "remote.psk_file", Default: "", Usage: "client mode: pre-shared key `file`; with --remote-psk-identity turns TLS-PSK on"},
+	{Flag: "remote-psk-format", Scope: InListener, Key: "remote.psk_format", Default: "mosquitto", Usage: "syntax of --remote-psk-file: mosquitto or stunnel"},
+	{Flag: "remote-psk-identity", Scope: InListener, Key: "remote.psk_identity", Default: "", Usage: "client mode: the PSK `identity` (in --remote-psk-file) the gateway presents"},
+	{Flag: "remote-min-tls", Scope: InListener, Key: "remote.min_version", Default: "1.2", Usage: "client mode: lowest TLS version offered to the remote broker: 1.2 or 1.3"},
+	{Flag: "remote-insecure-skip-verify", Scope: InListener, Key: "remote.insecure_skip_verify", Default: false, Usage: "client mode: accept any certificate from the remote broker (tests only; a pinned key still applies)"},
+	{Flag: "remote-client-id", Scope: InListener, Key: "remote.client_id", Default: "", Usage: "client mode: `template` rewriting each local client ID, e.g. {cn}/{client_id}; fields client_id, username, cn, o, ou, serial, fingerprint, psk"},
+	{Flag: "remote-username", Scope: InListener, Key: "remote.username", Default: "", Usage: "client mode: `template` rewriting each local user name, fields as --remote-client-id"},
 	{Flag: "admin-listen", Scope: TopLevel, Key: "admin.listen", Default: "", Usage: "TCP `address` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9090"},
 	{Flag: "admin-pprof", Scope: TopLevel, Key: "admin.pprof", Default: false, Usage: "also serve /debug/pprof on --admin-listen"},
 	{Flag: "reload-interval", Scope: TopLevel, Key: "admin.reload_interval", Default: DefaultReloadInterval, Usage: "how often certificate, CA, CRL and PSK files are checked for changes (0: only on SIGHUP)"},
@@ -149,7 +163,7 @@ var Settings = []Setting{
 
 // FileOnlyKeys are the listener keys no flag sets: the flags describe one TCP listener
 // named tcp (plus --dtls-listen's twin named dtls).
-var FileOnlyKeys = []string{"name", "transport"}
+var FileOnlyKeys = append([]string{"name", "transport"}, sniKeys()...)
 
 // EnvVar is the environment variable that sets a flag: --client-id is MQTLS_CLIENT_ID.
 func EnvVar(flag string) string {
@@ -284,6 +298,12 @@ func setKey(dst any, s Setting, fl Flags) {
 // field finds the field of struct v whose yaml key path is key ("tls.cert"); the zero
 // Value when there is none.
 func field(v reflect.Value, key string) reflect.Value {
+	for v.Kind() == reflect.Slice { // a list of sections (sni.tenants): its entries' keys
+		v = reflect.Zero(v.Type().Elem())
+	}
+	if v.Kind() != reflect.Struct {
+		return reflect.Value{}
+	}
 	head, rest, nested := strings.Cut(key, ".")
 	for i := range v.NumField() {
 		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ",")

@@ -127,14 +127,14 @@ var stunnelUntranslated = map[string]string{
 	"options":                "OpenSSL options; mqtls's protocol settings are fixed: no SSLv3, TLS 1.0 or 1.1, no compression, no renegotiation",
 	"securitylevel":          "OpenSSL security level; mqtls's algorithms are fixed (TLS 1.2 or later, ECDHE and AEAD suites only)",
 	"config":                 "OpenSSL configuration commands; mqtls's TLS settings are fixed",
-	"pskidentity":            "client-side option (the identity stunnel sends when it is the PSK client); stunnel ignores it in a server service, and mqtls has no client side",
+	"pskidentity":            "client-side option (the identity stunnel sends when it is the PSK client): stunnel ignores it in a server service; in a client service it is remote.psk_identity",
 	"sessioncachesize":       resumptionWhy,
 	"sessioncachetimeout":    resumptionWhy,
 	"sessionresume":          resumptionWhy,
 	"sessiond":               resumptionWhy,
 	"ticketkeysecret":        resumptionWhy,
 	"ticketmacsecret":        resumptionWhy,
-	"sni":                    "mqtls does not route by SNI: give each service its own listen address",
+	"sni":                    "sni takes service:server-name in a server service (a tenant of that service's listener, sni.tenants) and a server name in a client service (remote.server_name)",
 	"checkhost":              "to accept only some client certificates, use policy.allow over the identity (policy.identity {dns} or {cn})",
 	"checkemail":             "to accept only some client certificates, use policy.allow over the identity (policy.identity {email})",
 	"checkip":                "to accept only some client certificates, use policy.allow over the identity (policy.identity {cn} or {dns})",
@@ -307,12 +307,22 @@ func convert(file string, data []byte, readFile func(string) ([]byte, error)) (c
 		}
 	}
 	var out []converted
+	var tenants []stunnelSection // services with sni = parent:name, for after their parents
 	for _, s := range sections[1:] {
 		opts := append(slices.Clone(defaults), s.opts...)
+		if _, _, _, ok := sniOf(opts); ok && !isClient(opts) {
+			tenants = append(tenants, s)
+			continue
+		}
 		from := len(cv.notes)
 		if c, ok := cv.service(s, opts); ok {
 			out = append(out, c)
 		}
+		cv.sortFrom(from)
+	}
+	for _, s := range tenants {
+		from := len(cv.notes)
+		cv.tenant(out, s, append(slices.Clone(defaults), s.opts...))
 		cv.sortFrom(from)
 	}
 	if len(out) == 0 {
@@ -377,7 +387,7 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 	for _, o := range slices.Backward(opts) {
 		if o.is("client") {
 			if yes, _ := stunnelBool(o.value); yes {
-				return skip(o, "stunnel client mode originates TLS toward a remote server; mqtls only accepts TLS from devices")
+				return cv.clientService(s, opts) // client.go
 			}
 			break
 		}
@@ -633,12 +643,8 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 		}
 	}
 
-	if _, errs := config.BuildListener(c.l, config.FileNamer(0)); len(errs) > 0 {
-		var msgs []string
-		for _, e := range errs {
-			msgs = append(msgs, strings.TrimPrefix(e.Error(), "listeners[0]."))
-		}
-		return skipService("the result does not validate: " + strings.Join(msgs, "; "))
+	if why := invalid(c.l); why != "" {
+		return skipService(why)
 	}
 	return c, true
 }
@@ -748,6 +754,13 @@ func structNode(v reflect.Value, prefix string, comments map[string]string) *yam
 			n = strNode(s)
 		case fv.Kind() == reflect.Struct:
 			n = structNode(fv, path+".", comments)
+		case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.Struct: // sni.tenants
+			n = &yaml.Node{Kind: yaml.SequenceNode}
+			for j := range fv.Len() {
+				e := structNode(fv.Index(j), fmt.Sprintf("%s.%d.", path, j), comments)
+				e.HeadComment = comments[fmt.Sprintf("%s.%d", path, j)]
+				n.Content = append(n.Content, e)
+			}
 		case fv.Kind() == reflect.Slice:
 			n = &yaml.Node{Kind: yaml.SequenceNode}
 			for j := range fv.Len() {

@@ -19,7 +19,8 @@ var updateGolden = flag.Bool("update", false, "rewrite the golden files of conve
 // TestConvertStunnel converts each testdata/stunnel/*.conf and compares the config file
 // (stdout) and the notes (stderr) with the golden NAME.yaml and NAME.stderr; -update
 // rewrites them. Every output must be a config file serve accepts, with one listener per
-// stunnel server service, named after it.
+// stunnel service (client services in client mode), named after it, except services
+// with sni = parent:name, which are tenants of their parent's listener.
 func TestConvertStunnel(t *testing.T) {
 	confs, err := filepath.Glob("testdata/stunnel/*.conf")
 	if err != nil || len(confs) < 4 {
@@ -60,11 +61,8 @@ func TestConvertStunnel(t *testing.T) {
 			}
 			var want, got []string
 			for _, s := range sections[1:] {
-				client := false
-				for _, o := range s.opts {
-					client = client || o.is("client") && o.value == "yes"
-				}
-				if !client {
+				// A service with sni = parent:name becomes a tenant of its parent's listener.
+				if _, _, _, tenant := sniOf(s.opts); !tenant || isClient(s.opts) {
 					want = append(want, s.name)
 				}
 			}

@@ -38,6 +38,7 @@ func Check(w io.Writer, cfg config.Config, now time.Time) error {
 			seen[mat.psk.Store()] = true
 			fmt.Fprintf(w, "  %-9s %s  %d identities\n", "psk", mat.psk.Store().File(), mat.psk.Store().Len())
 		}
+		problems = append(problems, describeExtra(w, sp, mat, now, cfg.Admin.ExpiryWarning)...) // client mode, SNI tenants
 	}
 	if len(problems) > 0 {
 		return errors.Join(problems...)

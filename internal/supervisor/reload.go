@@ -47,8 +47,8 @@ type component struct {
 func (r *reloader) components() []component {
 	seen := map[any]bool{}
 	var out []component
-	for _, l := range r.sup.all() {
-		if t := l.mat.tls; t != nil && !seen[t] {
+	for _, mat := range r.sup.materials() {
+		if t := mat.tls; t != nil && !seen[t] {
 			seen[t] = true
 			c := t.Config()
 			files := []string{c.CertFile, c.KeyFile}
@@ -60,9 +60,13 @@ func (r *reloader) components() []component {
 			}
 			out = append(out, component{key: t, files: append(files, c.CRLFiles...), reload: t.Reload})
 		}
-		if p := l.mat.psk; p != nil && !seen[p.Store()] {
+		if p := mat.psk; p != nil && !seen[p.Store()] {
 			seen[p.Store()] = true
 			out = append(out, component{key: p.Store(), files: []string{p.Store().File()}, reload: p.Store().Reload})
+		}
+		if c := mat.client; c != nil && !seen[c] { // client mode: the uplink's files
+			seen[c] = true
+			out = append(out, component{key: c, files: c.Files(), reload: c.Reload})
 		}
 	}
 	return out
@@ -165,12 +169,12 @@ func (r *reloader) publish() {
 	r.files = nil
 	psks := 0
 	seen := map[any]bool{}
-	for _, l := range r.sup.all() {
-		if t := l.mat.tls; t != nil && !seen[t] {
+	for _, mat := range r.sup.materials() {
+		if t := mat.tls; t != nil && !seen[t] {
 			seen[t] = true
 			r.files = append(r.files, t.Files()...)
 		}
-		if p := l.mat.psk; p != nil && !seen[p.Store()] {
+		if p := mat.psk; p != nil && !seen[p.Store()] {
 			seen[p.Store()] = true
 			psks += p.Store().Len()
 		}
@@ -234,9 +238,9 @@ func stillValid(mat *material, id handshake.Identity, before pskKeys) string {
 
 func (r *reloader) terminateRevoked(before pskKeys) {
 	reasons := map[string]int{}
-	for _, l := range r.sup.all() {
+	for _, l := range r.sup.sessionOwners() {
 		mat := l.mat
-		l.srv.CloseMatching(func(id handshake.Identity) bool {
+		l.closeMatching(func(id handshake.Identity) bool {
 			reason := stillValid(mat, id, before)
 			if reason != "" {
 				reasons[reason]++

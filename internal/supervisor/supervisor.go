@@ -27,11 +27,19 @@ type material struct {
 	tls        *handshake.TLSServer // nil without certificates
 	psk        *handshake.PSKServer // nil without PSKs
 	handshaker proxy.Handshaker
+	// client and rewrite are a client-mode listener's remote side (client.go).
+	client  *handshake.Client
+	rewrite *policy.Rewrite
+	// tenants are the materials of the listener's SNI tenants, in spec order (sni.go).
+	tenants []*material
 }
 
 // loadMaterial loads the files sp names. A DTLS listener gets a DTLS listener socket too,
 // since pion builds the handshake into its listener.
 func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
+	if sp.Mode == config.ModeClient {
+		return loadClient(sp)
+	}
 	m := &material{}
 	if shared != nil {
 		m.tls, m.psk = shared.tls, shared.psk
@@ -59,6 +67,9 @@ func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
 		m.handshaker = m.tls
 	default:
 		m.handshaker = m.psk
+	}
+	if err := loadTenants(sp, m); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -149,7 +160,7 @@ func (v *supervisor) bind(sp config.ListenerSpec, mat *material, pc *proxy.Confi
 		return ln, nil
 	default:
 		pc.TrustProxyFrom = sp.ProxyFrom
-		return net.Listen("tcp", sp.Listen)
+		return listenStream(sp.Listen)
 	}
 }
 
@@ -161,6 +172,10 @@ func (v *supervisor) proxyConfig(sp config.ListenerSpec, mat *material) (proxy.C
 	pc := sp.Proxy
 	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = mat.handshaker, pol, v.log, v.hooks
 	pc.SendProxyHeader = sp.SendProxy
+	clientProxyConfig(mat, &pc)
+	if err := v.sniProxyConfig(sp, mat, &pc); err != nil {
+		return proxy.Config{}, err
+	}
 	return pc, nil
 }
 
@@ -210,8 +225,9 @@ func (v *supervisor) reconfigure(specs []config.ListenerSpec, drain time.Duratio
 			var mat *material
 			var err error
 			sameFiles := reflect.DeepEqual(old.spec.TLS, sp.TLS) && old.spec.PSKFile == sp.PSKFile &&
-				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint &&
-				old.spec.PSKOptions == sp.PSKOptions && reflect.DeepEqual(old.spec.DTLS, sp.DTLS)
+				old.spec.PSKFormat == sp.PSKFormat && old.spec.PSKHint == sp.PSKHint && old.spec.Client == sp.Client &&
+				old.spec.PSKOptions == sp.PSKOptions && reflect.DeepEqual(old.spec.DTLS, sp.DTLS) &&
+				reflect.DeepEqual(old.spec.SNI, sp.SNI)
 			switch {
 			case sp.Transport == "dtls" && !sameFiles:
 				// pion builds the handshake into its listener: new files need a new one.
@@ -362,6 +378,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			ev = ev.Str("psk_file", r.spec.PSKFile).Int("psk_identities", r.mat.psk.Store().Len())
 		}
 		ev.Msg("starting")
+		warnExposedUplink(log, r.spec) // client.go
 	}
 	warnPermissions(log, cfg.Listeners)
 	ready.Bound.Store(true)
