@@ -96,6 +96,7 @@ func newAppWith(stdout, stderr io.Writer, sig signals) *cli.App {
 		checkCommand(stdout),
 		convertCommand(stdout, stderr),
 		pskCommand(stdout),
+		initCommand(stdout),
 		{
 			Name:  "version",
 			Usage: "print the version",
