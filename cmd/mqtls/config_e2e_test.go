@@ -162,7 +162,8 @@ func TestConfigErrors(t *testing.T) {
 		name, file, want string
 	}{
 		{"missing certificate", "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    tls: {cert: " + dir + "/none.crt, key: " + dir + "/none.key}\n",
-			"listener a: listeners[0].tls.cert/listeners[0].tls.client_ca: loading server certificate " + dir + "/none.crt and key " + dir + "/none.key: open " + dir + "/none.crt: no such file or directory"},
+			"listener a: listeners[0].tls.cert: open " + dir + "/none.crt: no such file or directory\n" +
+				"listener a: listeners[0].tls.key: open " + dir + "/none.key: no such file or directory"},
 		{"missing PSK file", "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    psk: {file: " + dir + "/none.psk}\n",
 			"listener a: listeners[0].psk.file: reading PSK file: open " + dir + "/none.psk: no such file or directory"},
 	} {

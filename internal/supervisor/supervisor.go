@@ -39,7 +39,15 @@ func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
 		if sp.TLS.CertFile != "" {
 			var err error
 			if m.tls, err = handshake.NewTLSServer(sp.TLS); err != nil {
-				return nil, fmt.Errorf("listener %s: %s/%s: %w", sp.Name, sp.Key("tls.cert"), sp.Key("tls.client_ca"), err)
+				// Name the file at fault, and only it; what is left is between files.
+				if errs := tlsFileProblems(sp, time.Now(), false); len(errs) > 0 {
+					return nil, errors.Join(errs...)
+				}
+				key := sp.Key("tls.client_ca")
+				if len(sp.TLS.CRLFiles) > 0 {
+					key += "/" + sp.Key("tls.crls")
+				}
+				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, key, err)
 			}
 		}
 		if sp.PSKFile != "" {
@@ -356,6 +364,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		}
 		ev.Msg("starting")
 	}
+	warnAtStart(bg, &bgDone, log, cfg.Listeners)
 	ready.Bound.Store(true)
 	adminErr := make(chan error, 1)
 	if adminSrv != nil {
@@ -491,4 +500,31 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// warnAtStart warns about secret files others can read, and about a broker that cannot
+// be reached now (in the background: it may start a moment later, and mqtls serves
+// meanwhile), so that the first sign of either is not a refused device.
+func warnAtStart(ctx context.Context, wg *sync.WaitGroup, log zerolog.Logger, specs []config.ListenerSpec) {
+	dialed := map[string]bool{}
+	for _, sp := range specs {
+		if sp.ShareWith == "" {
+			for _, l := range loosePermissions(sp) {
+				log.Warn().Str("key", l.key).Str("file", l.file).Str("mode", fmt.Sprintf("%04o", l.mode)).
+					Msg("secret file readable by others: chmod 600 it")
+			}
+		}
+		if dialed[sp.Proxy.Upstream] {
+			continue
+		}
+		dialed[sp.Proxy.Upstream] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := upstreamProblem(ctx, sp, orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout)); err != nil && ctx.Err() == nil {
+				log.Warn().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Err(err).
+					Msg("broker unreachable: devices get CONNACK server unavailable until it is up")
+			}
+		}()
+	}
 }
