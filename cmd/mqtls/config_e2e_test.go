@@ -141,7 +141,7 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown transport", "listeners:\n" + listener + "    transport: quic\n",
 			`listeners[0].transport "quic": want tcp or dtls`},
 		{"several at once", "log: {format: xml}\nlisteners:\n" + listener + "    policy: {client_id: enforce}\n",
-			"log.format \"xml\": want json or console\n" +
+			"log.format \"xml\": want json, console or auto\n" +
 				"listeners[0].policy.client_id enforce needs an identity, but without listeners[0].tls.client_ca or listeners[0].psk.file no device proves one: add listeners[0].tls.client_ca (device certificates) or listeners[0].psk.file (pre-shared keys), or drop listeners[0].policy.client_id enforce"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -248,8 +248,8 @@ listeners:
 	writeConfig(t, dir, "mqtls.yaml", tmpl, vars)
 	hup <- struct{}{}
 	s.waitLine(t, "listener added", func(e logEntry) bool { return e.str("listener") == "added" })
-	if e := s.waitLine(t, "busy poll changed", nil); e["busy_poll"] != 1.0 {
-		t.Errorf("busy poll changed to %v ms, want 1", e["busy_poll"])
+	if e := s.waitLine(t, "busy poll changed", nil); e["busy_poll"] != "1ms" {
+		t.Errorf("busy poll changed to %v, want 1ms", e["busy_poll"])
 	}
 	if e := s.waitLine(t, "config reload: these settings take effect when mqtls restarts", nil); fmt.Sprint(e["keys"]) != "[drain_timeout]" {
 		t.Errorf("restart-only keys %v, want [drain_timeout]", e["keys"])

@@ -205,7 +205,7 @@ func (r *reloader) warnExpiry(now time.Time, window time.Duration) {
 			}
 		}
 		ev.Str("file", f.File).Str("role", f.Role).Str("subject", f.Subject).
-			Time("not_after", f.NotAfter).Dur("remaining", f.NotAfter.Sub(now).Round(time.Second)).Msg(msg)
+			Time("not_after", f.NotAfter).Str("remaining", f.NotAfter.Sub(now).Round(time.Second).String()).Msg(msg)
 	}
 }
 

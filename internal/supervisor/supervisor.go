@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
@@ -94,6 +95,8 @@ type supervisor struct {
 
 	// fail receives the error of a listener whose Serve ended on its own.
 	fail chan error
+	// noAudit turns the audit line of each connection off (--audit-log=false).
+	noAudit bool
 }
 
 // start builds, binds and serves sp.
@@ -163,6 +166,7 @@ func (v *supervisor) proxyConfig(sp config.ListenerSpec, mat *material) (proxy.C
 	pc := sp.Proxy
 	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = mat.handshaker, pol, v.log, v.hooks
 	pc.SendProxyHeader = sp.SendProxy
+	pc.NoAudit = v.noAudit
 	return pc, nil
 }
 
@@ -303,7 +307,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			ready.UpstreamOK.Store(time.Now().UnixNano())
 		}
 	}
-	v := &supervisor{log: log, hooks: hooks, fail: make(chan error, 1)}
+	v := &supervisor{log: log, hooks: hooks, fail: make(chan error, 1), noAudit: !cfg.Audit}
 	defer func() {
 		for _, r := range v.all() {
 			r.ln.Close()
@@ -412,7 +416,7 @@ wait:
 		}
 	}
 	ready.Draining.Store(true)
-	log.Info().Dur("drain_timeout", cfg.DrainTimeout).Msg("shutting down: draining connections")
+	log.Info().Str("drain_timeout", cfg.DrainTimeout.String()).Msg("shutting down: draining connections")
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
 	go func() {
@@ -463,7 +467,7 @@ func applyTopLevel(log zerolog.Logger, cfg, next config.Config) time.Duration {
 			log.Error().Err(err).Msg("config reload: keeping the running busy_poll")
 		} else {
 			busy = next.BusyPoll
-			log.Info().Dur("busy_poll", busy).Msg("busy poll changed")
+			log.Info().Str("busy_poll", busy.String()).Msg("busy poll changed")
 		}
 	}
 	var later []string
@@ -473,7 +477,7 @@ func applyTopLevel(log zerolog.Logger, cfg, next config.Config) time.Duration {
 	}{
 		{"drain_timeout", next.DrainTimeout != cfg.DrainTimeout},
 		{"memory_release_after", next.MemRelease != cfg.MemRelease},
-		{"log", next.LogFormat != cfg.LogFormat || next.LogLevel != cfg.LogLevel},
+		{"log", next.LogFormat != cfg.LogFormat || next.LogLevel != cfg.LogLevel || next.Audit != cfg.Audit},
 		{"admin", next.Admin != cfg.Admin},
 	} {
 		if k.changed {
@@ -486,20 +490,25 @@ func applyTopLevel(log zerolog.Logger, cfg, next config.Config) time.Duration {
 	return busy
 }
 
+// newLogger writes to w in format: json, console, or auto (console when w is a terminal,
+// so that a person at one reads lines, and JSON for journald, files and collectors).
 func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
-	if format == "console" {
+	if consoleFormat(w, format) {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }
 
+// consoleFormat reports whether logs to w in format are written for a person.
+func consoleFormat(w io.Writer, format string) bool {
+	return format == "console" || format == "auto" && isTerminal(w)
+}
+
+// isTerminal asks the terminal driver, not the file mode: /dev/null is a character
+// device too (a unit's StandardOutput=null), and no one reads colours there.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return ok && isatty.IsTerminal(f.Fd())
 }
 
 // warnAtStart warns about secret files others can read, and about a broker that cannot
