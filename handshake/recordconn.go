@@ -24,7 +24,7 @@ type recordConn struct {
 	// no_shared_cipher), noted by the TLS server's GetConfigForClient; crypto/tls's own
 	// errors for these carry no type to tell them by.
 	helloReason string
-	raw syscall.RawConn // nil: fall back to Conn.Read
+	raw         syscall.RawConn // nil: fall back to Conn.Read
 
 	buf  *[]byte // pooled; nil whenever r == w
 	r, w int
