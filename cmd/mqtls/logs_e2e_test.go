@@ -5,11 +5,16 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mqtls/mqtls/handshake/handshaketest"
 )
 
 // refuseNotTLS sends plain MQTT to a TLS port and returns the local address it used.
@@ -102,5 +107,46 @@ func startQuietServer(t *testing.T, args ...string) *server {
 		if time.Now().After(deadline) {
 			t.Fatalf("mqtls serve does not accept on %s: %v", s.addr, err)
 		}
+	}
+}
+
+// TestReloadFailureNamesFileAndListener: a reload that fails names the file at fault with
+// its flag, even when another file changed, and the listener it concerns.
+func TestReloadFailureNamesFileAndListener(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	b := startBroker(t, "")
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	copyFile(t, p.serverCertFile, certFile)
+	copyFile(t, p.serverKey, keyFile)
+	hup := make(chan struct{}, 1)
+	s := startServerWith(t, signals{hup: hup}, "--upstream", b.addr, "--cert", certFile, "--key", keyFile, "--reload-interval", "0")
+	// A new certificate arrives without its key: the old key does not match it.
+	other, err := p.ca.Issue(handshaketest.Template{CommonName: "localhost", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(certFile, other.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hup <- struct{}{}
+	e := s.waitLine(t, "reload failed: keeping the previous certificates and keys", nil)
+	if msg := e.str("error"); !strings.Contains(msg, "--key: "+keyFile+" does not match the certificate in "+certFile) {
+		t.Errorf("reload error %q does not name --key %s", msg, keyFile)
+	}
+	if got := fmt.Sprint(e["listeners"]); got != "[tcp]" {
+		t.Errorf("reload line names listeners %s, want [tcp]", got)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"crypto/sha256"
 	"os"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/internal/admin"
+	"github.com/mqtls/mqtls/internal/config"
 )
 
 // reloader re-reads certificate, CA, CRL and PSK files when they change (polled, which
@@ -35,25 +37,41 @@ type component struct {
 	key    any // the *handshake.TLSServer or *handshake.PSKStore
 	files  []string
 	reload func() error
+	// listeners are the names of the listeners that use it, for the reload lines; spec is
+	// the first one's, to name the file at fault when a reload fails.
+	listeners []string
+	spec      config.ListenerSpec
 }
 
 // components lists what the running listeners loaded, each once.
 func (r *reloader) components() []component {
-	seen := map[any]bool{}
+	index := map[any]int{}
 	var out []component
-	for _, l := range r.sup.all() {
-		if t := l.mat.tls; t != nil && !seen[t] {
-			seen[t] = true
-			c := t.Config()
-			files := []string{c.CertFile, c.KeyFile}
-			if c.ClientCAFile != "" {
-				files = append(files, c.ClientCAFile)
-			}
-			out = append(out, component{key: t, files: append(files, c.CRLFiles...), reload: t.Reload})
+	add := func(key any, l *running, mk func() component) {
+		if i, ok := index[key]; ok {
+			out[i].listeners = append(out[i].listeners, l.spec.Name)
+			return
 		}
-		if p := l.mat.psk; p != nil && !seen[p.Store()] {
-			seen[p.Store()] = true
-			out = append(out, component{key: p.Store(), files: []string{p.Store().File()}, reload: p.Store().Reload})
+		c := mk()
+		c.key, c.listeners, c.spec = key, []string{l.spec.Name}, l.spec
+		index[key] = len(out)
+		out = append(out, c)
+	}
+	for _, l := range r.sup.all() {
+		if t := l.mat.tls; t != nil {
+			add(t, l, func() component {
+				c := t.Config()
+				files := []string{c.CertFile, c.KeyFile}
+				if c.ClientCAFile != "" {
+					files = append(files, c.ClientCAFile)
+				}
+				return component{files: append(files, c.CRLFiles...), reload: t.Reload}
+			})
+		}
+		if p := l.mat.psk; p != nil {
+			add(p.Store(), l, func() component {
+				return component{files: []string{p.Store().File()}, reload: p.Store().Reload}
+			})
 		}
 	}
 	return out
@@ -111,7 +129,7 @@ func (r *reloader) check(force bool) {
 		if len(changed) == 0 {
 			continue
 		}
-		ok := r.reload(changed, c.reload)
+		ok := r.reload(c, changed)
 		if !ok && !isRetry && !force {
 			r.retry[c.key] = changed
 		}
@@ -126,8 +144,8 @@ func (r *reloader) check(force bool) {
 	}
 }
 
-func (r *reloader) reload(files []string, load func() error) bool {
-	err := load()
+func (r *reloader) reload(c component, files []string) bool {
+	err := c.reload()
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -137,10 +155,17 @@ func (r *reloader) reload(files []string, load func() error) bool {
 		r.m.CountReload(f, result)
 	}
 	if err != nil {
-		// The message names the file (and line, for a PSK file); the old material stays.
-		r.log.Error().Err(err).Strs("files", files).Msg("reload failed: keeping the previous certificates and keys")
+		// The message names the file (and line, for a PSK file), and its flag or key: the
+		// file at fault may not be the one that changed (a new certificate, the old key).
+		// The old material stays.
+		if _, isTLS := c.key.(*handshake.TLSServer); isTLS {
+			if probs := tlsFileProblems(c.spec, time.Now(), false); len(probs) > 0 {
+				err = errors.Join(probs...)
+			}
+		}
+		r.log.Error().Err(err).Strs("listeners", c.listeners).Strs("files", files).Msg("reload failed: keeping the previous certificates and keys")
 	} else {
-		r.log.Info().Strs("files", files).Msg("reloaded")
+		r.log.Info().Strs("listeners", c.listeners).Strs("files", files).Msg("reloaded")
 	}
 	return err == nil
 }

@@ -313,6 +313,18 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			r.ln.Close()
 		}
 	}()
+	// The admin address is bound first: a bind error then stops mqtls before any listener
+	// started, so no drain is logged for listeners that never served.
+	var adminSrv *http.Server
+	var adminLn net.Listener
+	if cfg.Admin.Listen != "" {
+		var err error
+		if adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			return fmt.Errorf("%w: %w", errAdminListen, err)
+		}
+		defer adminLn.Close() // after Serve, closing it again is harmless
+		adminSrv = admin.NewServer(m, ready, cfg.Admin.Pprof)
+	}
 	for _, sp := range cfg.Listeners {
 		if _, err := v.start(sp); err != nil {
 			// Stop what already started: nothing serves half a configuration.
@@ -323,18 +335,6 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		}
 	}
 
-	var adminSrv *http.Server
-	var adminLn net.Listener
-	if cfg.Admin.Listen != "" {
-		var err error
-		if adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
-			for _, r := range v.all() {
-				v.stop(r, 0)
-			}
-			return fmt.Errorf("%w: %w", errAdminListen, err)
-		}
-		adminSrv = admin.NewServer(m, ready, cfg.Admin.Pprof)
-	}
 
 	bg, stopBG := context.WithCancel(context.Background())
 	var bgDone sync.WaitGroup
