@@ -2,8 +2,8 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"crypto/sha256"
+	"errors"
 	"os"
 	"sync"
 	"time"

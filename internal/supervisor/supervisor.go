@@ -335,7 +335,6 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		}
 	}
 
-
 	bg, stopBG := context.WithCancel(context.Background())
 	var bgDone sync.WaitGroup
 	defer func() {
