@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"net"
 	"os"
+	"reflect"
 	"syscall"
 
 	"github.com/mqtls/mqtls/handshake/tlspsk"
@@ -34,6 +36,8 @@ const (
 	ReasonTimeout         = "handshake_timeout"
 	ReasonClientClosed    = "client_closed"
 	ReasonFailed          = "handshake_failed"
+	// ReasonPeerAlert: the device ended an established session with a fatal alert.
+	ReasonPeerAlert = "peer_alert"
 )
 
 // Error is a failed handshake. Reason is one of the Reason constants.
@@ -62,6 +66,9 @@ func Reason(err error) string {
 // the socket went away (EOF, deadline, reset, an alert from the peer), which the caller
 // names. Only TLS-PSK sessions say more; crypto/tls's errors carry no stable reason.
 func SessionReason(err error) string {
+	if r := tlsSessionReason(err); r != "" {
+		return r
+	}
 	var e *tlspsk.Error
 	if !errors.As(err, &e) || e.Remote {
 		return ""
@@ -83,11 +90,83 @@ func classify(err error) error {
 	reason := ReasonFailed
 	switch {
 	case errors.As(err, &rh):
-		reason = ReasonNotTLS
+		reason = recordHeaderReason(rh)
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
 		reason = ReasonTimeout
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
 		reason = ReasonClientClosed
 	}
 	return &Error{Reason: reason, Err: err}
+}
+
+// recordHeaderReason names a record crypto/tls refused by its header, as TLS-PSK
+// listeners do: a first record that is not TLS at all (HTTP, raw MQTT) or an SSLv2 hello
+// is not_tls; a TLS record of the wrong version is protocol_version, and an oversized one
+// record_overflow.
+func recordHeaderReason(rh tls.RecordHeaderError) string {
+	switch n := int(rh.RecordHeader[3])<<8 | int(rh.RecordHeader[4]); {
+	case rh.Conn != nil, rh.RecordHeader[0] == 0x80:
+		return ReasonNotTLS
+	case rh.RecordHeader[0] != 0x80 && n > maxTLSCiphertext:
+		return tlspsk.ReasonRecordOverflow
+	}
+	return tlspsk.ReasonProtocolVersion
+}
+
+// maxTLSCiphertext is the largest record body TLS 1.2 allows (RFC 5246 §6.2.3); crypto/tls
+// refuses longer ones.
+const maxTLSCiphertext = 16384 + 2048
+
+// tlsSessionReason names the end of an established crypto/tls session that was not the
+// peer simply going away: an alert this side sent (crypto/tls reports it as a "local
+// error" carrying the alert), an alert the peer sent (peer_alert), a record refused by
+// its header. It returns "" for everything else.
+func tlsSessionReason(err error) string {
+	var rh tls.RecordHeaderError
+	if errors.As(err, &rh) {
+		return recordHeaderReason(rh)
+	}
+	var op *net.OpError
+	if !errors.As(err, &op) {
+		return ""
+	}
+	switch op.Op {
+	case "remote error": // crypto/tls's Op for an alert the peer sent
+		return ReasonPeerAlert
+	case "local error": // and for one it sent
+	default:
+		return ""
+	}
+	// crypto/tls's alert type is unexported: its number is the value.
+	v := reflect.ValueOf(op.Err)
+	if v.Kind() != reflect.Uint8 {
+		return ReasonFailed
+	}
+	switch v.Uint() {
+	case 10:
+		return tlspsk.ReasonUnexpectedMessage
+	case 20:
+		return tlspsk.ReasonBadRecordMAC
+	case 22:
+		return tlspsk.ReasonRecordOverflow
+	case 50:
+		return tlspsk.ReasonMalformedHandshake
+	case 70:
+		return tlspsk.ReasonProtocolVersion
+	case 100:
+		return tlspsk.ReasonRenegotiationRefused
+	}
+	return ReasonFailed
+}
+
+// localAlert reports whether err is crypto/tls having sent a fatal alert: after one, no
+// close_notify may follow (RFC 8446 §6.2; RFC 5246 §7.2.2).
+func localAlert(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "local error" {
+		return true
+	}
+	// crypto/tls sends an alert for every record it refuses by its header but the first.
+	var rh tls.RecordHeaderError
+	return errors.As(err, &rh) && rh.Conn == nil
 }

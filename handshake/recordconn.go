@@ -20,7 +20,11 @@ import (
 // A conn that is not a syscall.Conn (net.Pipe in tests) falls back to blocking reads.
 type recordConn struct {
 	net.Conn
-	raw syscall.RawConn // nil: fall back to Conn.Read
+	// helloReason is why the ClientHello cannot succeed (protocol_version,
+	// no_shared_cipher), noted by the TLS server's GetConfigForClient; crypto/tls's own
+	// errors for these carry no type to tell them by.
+	helloReason string
+	raw         syscall.RawConn // nil: fall back to Conn.Read
 
 	buf  *[]byte // pooled; nil whenever r == w
 	r, w int

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -152,6 +153,12 @@ func NewTLSServer(c TLSConfig) (*TLSServer, error) {
 		CipherSuites: tls12Suites,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.material.Load().cert, nil
+		},
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if rc, ok := hello.Conn.(*recordConn); ok {
+				rc.helloReason = helloReason(hello, min, s.material.Load().cert)
+			}
+			return nil, nil // the server's own config
 		},
 	}
 	if c.ClientAuth != ClientAuthNone {
@@ -480,6 +487,9 @@ func (s *TLSServer) handshake(ctx context.Context, c net.Conn, peeked []byte) (n
 	tc := tls.Server(rc, s.config)
 	before := s.material.Load()
 	if err := tc.HandshakeContext(ctx); err != nil {
+		if rc.helloReason != "" && !errors.As(err, new(*Error)) {
+			return nil, Identity{}, &Error{Reason: rc.helloReason, Err: err}
+		}
 		return nil, Identity{}, classify(err)
 	}
 	cs := tc.ConnectionState()
@@ -504,10 +514,74 @@ func (s *TLSServer) handshake(ctx context.Context, c net.Conn, peeked []byte) (n
 	return &Conn{Conn: tc, rec: rc}, id, nil
 }
 
+// helloReason says why a handshake with hello would fail before it is tried, in the
+// terms TLS-PSK listeners use: no version in common (protocol_version), or no cipher
+// suite in common for the server's certificate (no_shared_cipher); "" otherwise. It is
+// used only to name a failure crypto/tls reports.
+func helloReason(hello *tls.ClientHelloInfo, minVersion uint16, cert *tls.Certificate) string {
+	tls13, tls12 := false, false
+	for _, v := range hello.SupportedVersions {
+		tls13 = tls13 || v == tls.VersionTLS13
+		tls12 = tls12 || v == tls.VersionTLS12 && minVersion <= tls.VersionTLS12
+	}
+	if !tls13 && !tls12 {
+		return tlspsk.ReasonProtocolVersion
+	}
+	ecdsaCert := cert != nil && cert.Leaf != nil && cert.Leaf.PublicKeyAlgorithm == x509.ECDSA
+	for _, cs := range hello.CipherSuites {
+		switch {
+		case tls13 && (cs == tls.TLS_AES_128_GCM_SHA256 || cs == tls.TLS_AES_256_GCM_SHA384 || cs == tls.TLS_CHACHA20_POLY1305_SHA256):
+			return ""
+		case tls12 && slices.Contains(tls12Suites, cs):
+			if cert == nil || cert.Leaf == nil || ecdsaCert == isECDSASuite(cs) {
+				return ""
+			}
+		}
+	}
+	return tlspsk.ReasonNoSharedCipher
+}
+
+func isECDSASuite(cs uint16) bool {
+	switch cs {
+	case tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384:
+		return true
+	}
+	return false
+}
+
 // Conn is the secure connection a TLS handshake yields.
 type Conn struct {
 	*tls.Conn
 	rec *recordConn
+	// alerted: crypto/tls sent a fatal alert, so Close and CloseWrite send no close_notify
+	// after it (crypto/tls itself would).
+	alerted atomic.Bool
+}
+
+// Read is tls.Conn's Read, noting a fatal alert it sent.
+func (c *Conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && localAlert(err) {
+		c.alerted.Store(true)
+	}
+	return n, err
+}
+
+// Write is tls.Conn's Write, noting a fatal alert it sent.
+func (c *Conn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err != nil && localAlert(err) {
+		c.alerted.Store(true)
+	}
+	return n, err
+}
+
+// Close closes the connection, with close_notify unless a fatal alert was sent.
+func (c *Conn) Close() error {
+	if c.alerted.Load() {
+		return c.rec.Close()
+	}
+	return c.Conn.Close()
 }
 
 // WaitRead blocks until the device has sent something, or the read deadline passes, holding
@@ -525,7 +599,7 @@ func (c *Conn) TryRead(p []byte) (int, error) {
 	}
 	c.rec.nonblock = true
 	defer func() { c.rec.nonblock = false }()
-	return c.Conn.Read(p)
+	return c.Read(p)
 }
 
 // IsWouldBlock reports whether err is a TryRead (of a TLS or a TLS-PSK conn) finding
@@ -537,7 +611,10 @@ func IsWouldBlock(err error) bool {
 // CloseWrite sends close_notify and then half-closes the TCP connection underneath, so the
 // device sees both the TLS and the TCP end of the stream.
 func (c *Conn) CloseWrite() error {
-	err := c.Conn.CloseWrite()
+	var err error
+	if !c.alerted.Load() {
+		err = c.Conn.CloseWrite()
+	}
 	if cw, ok := c.rec.Conn.(interface{ CloseWrite() error }); ok {
 		if err2 := cw.CloseWrite(); err == nil {
 			err = err2

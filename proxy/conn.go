@@ -440,7 +440,12 @@ func (c *conn) audit() {
 	}
 	// The hooks (metrics) first: whoever reads the audit line then finds it counted.
 	c.summarize()
-	l := c.logger()
+	if c.cfg.NoAudit {
+		return
+	}
+	// The audit line is written whatever the logger's level: --log-level warn must not
+	// silently drop every refusal.
+	l := c.logger().Level(zerolog.TraceLevel)
 	ev := l.Info()
 	ev = ev.Str(fieldOutcome, c.outcome).
 		Str(fieldReason, c.reason).
@@ -477,7 +482,7 @@ func (c *conn) audit() {
 	}
 	ev.Int64(fieldBytesIn, c.bytesIn).
 		Int64(fieldBytesOut, c.bytesOut).
-		Dur(fieldDuration, time.Since(c.start)).
+		Float64(fieldDuration, float64(time.Since(c.start))/float64(time.Millisecond)).
 		Msg("connection")
 }
 

@@ -19,7 +19,7 @@ const (
 	fieldCipherSuite     = "cipher_suite"
 	fieldBytesIn         = "bytes_in"
 	fieldBytesOut        = "bytes_out"
-	fieldDuration        = "duration"
+	fieldDuration        = "duration_ms" // milliseconds, fractional
 	fieldEndedBy         = "ended_by"
 	fieldPSKIdentity     = "psk_identity"
 	fieldDropped         = "datagrams_dropped"

@@ -85,6 +85,9 @@ type Config struct {
 
 	Hooks  Hooks
 	Logger zerolog.Logger
+	// NoAudit turns off the audit line of each connection. Otherwise it is written at info
+	// level whatever Logger's level is.
+	NoAudit bool
 }
 
 // Defaults, exported so the CLI's help and the README quote the same numbers.
@@ -95,6 +98,10 @@ const (
 	DefaultCloseTimeout     = 5 * time.Second
 	DefaultMaxConnectSize   = 64 << 10
 )
+
+// connIDs numbers connections across every Server of the process, so a conn_id names one
+// connection in the whole log, not one per listener.
+var connIDs atomic.Uint64
 
 func orDuration(d, def time.Duration) time.Duration {
 	if d > 0 {
@@ -157,7 +164,6 @@ type Server struct {
 	draining  bool
 	wg        sync.WaitGroup
 
-	nextID     atomic.Uint64
 	handshakes atomic.Int64
 	perIP      *ipLimiter // nil without PerIPRate
 	identities identityCounter
@@ -213,7 +219,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			// Any other accept error (EMFILE, ECONNABORTED, ...) is transient from our point
 			// of view: back off like net/http does and keep serving.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Error().Err(err).Dur("retry_in", backoff).Msg("accepting connection")
+			s.log.Error().Err(err).Str("retry_in", backoff.String()).Msg("accepting connection")
 			select {
 			case <-time.After(backoff):
 			case <-s.ctx.Done():
@@ -258,7 +264,7 @@ func (s *Server) newConn(c net.Conn) *conn {
 		s.log.Debug().Str(fieldRemote, c.RemoteAddr().String()).Str(fieldReason, reason).Msg("connection refused at accept")
 		return nil
 	}
-	cn := &conn{srv: s, cfg: s.cfg, device: c, id: s.nextID.Add(1), start: now}
+	cn := &conn{srv: s, cfg: s.cfg, device: c, id: connIDs.Add(1), start: now}
 	s.conns[cn] = struct{}{}
 	s.wg.Add(1)
 	if h := s.cfg.Hooks.Opened; h != nil {

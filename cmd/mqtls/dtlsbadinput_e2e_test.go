@@ -92,7 +92,7 @@ func TestDTLSBadInput(t *testing.T) {
 		row(t, local, "rejected", "client_id_mismatch",
 			series("mqtls_connect_decisions_total", "listener", "dtls", "outcome", "rejected", "reason", "client_id_mismatch"), before)
 		e := s.dtlsAudit(t, func(e logEntry) bool { return e.str("remote") == local })
-		if ms, _ := e["duration"].(float64); ms < float64(wait.Milliseconds()) || ms > 1500 {
+		if ms, _ := e["duration_ms"].(float64); ms < float64(wait.Milliseconds()) || ms > 1500 {
 			t.Errorf("the refused session lasted %v ms; want it to end when the device closed, %v after the CONNACK", ms, wait)
 		}
 	})

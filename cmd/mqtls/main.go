@@ -97,6 +97,7 @@ func newAppWith(stdout, stderr io.Writer, sig signals) *cli.App {
 		convertCommand(stdout, stderr),
 		pskCommand(stdout),
 		keysCommand(stdout),
+		initCommand(stdout),
 		{
 			Name:  "version",
 			Usage: "print the version",

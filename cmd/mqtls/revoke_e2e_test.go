@@ -301,8 +301,8 @@ func TestStartWarnings(t *testing.T) {
 	s := startServer(t, append(p.serverArgs("127.0.0.1:1", true), "--client-keys", keys, "--psk-file", psk, "--crl", crl,
 		"--expiry-warning", "1h")...)
 	for _, f := range []struct{ file, flag string }{{p.serverKey, "--key"}, {keys, "--client-keys"}, {psk, "--psk-file"}} {
-		e := s.waitLine(t, "file readable or writable by group or others: chmod 600 it", func(e logEntry) bool { return e.str("file") == f.file })
-		wantAudit(t, e, map[string]string{"level": "warn", "setting": f.flag, "mode": "-rw-r--r--"})
+		e := s.waitLine(t, "secret file readable by others: chmod 600 it", func(e logEntry) bool { return e.str("file") == f.file })
+		wantAudit(t, e, map[string]string{"level": "warn", "key": f.flag, "mode": "0644"})
 	}
 	e := s.waitLine(t, "CRL next update due soon: publish a new CRL", nil)
 	wantAudit(t, e, map[string]string{"file": crl, "role": "crl"})

@@ -132,8 +132,8 @@ func wantSessionFields(t *testing.T, e logEntry) {
 			t.Errorf("audit %s = %v, want a positive number", k, e[k])
 		}
 	}
-	if e.str("conn_id") == "" || e.str("remote") == "" || e.str("duration") == "" {
-		t.Errorf("audit line lacks conn_id, remote or duration: %v", map[string]any(e))
+	if e.str("conn_id") == "" || e.str("remote") == "" || e.str("duration_ms") == "" {
+		t.Errorf("audit line lacks conn_id, remote or duration_ms: %v", map[string]any(e))
 	}
 }
 

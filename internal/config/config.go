@@ -49,6 +49,7 @@ type Admin struct {
 type Log struct {
 	Format string `yaml:"format"`
 	Level  string `yaml:"level"`
+	Audit  *bool  `yaml:"audit"` // nil: true
 }
 
 // Listener is one listener, in the file or built from serve's flags.
@@ -589,6 +590,7 @@ func topLevel(f File, fileDefaults bool) (Config, string) {
 		MemRelease:   DefaultMemoryRelease,
 		BusyPoll:     time.Duration(f.BusyPoll),
 		LogFormat:    f.Log.Format,
+		Audit:        f.Log.Audit == nil || *f.Log.Audit,
 		Admin: AdminConfig{
 			Listen:           f.Admin.Listen,
 			Pprof:            f.Admin.Pprof,
@@ -618,7 +620,7 @@ func topLevel(f File, fileDefaults bool) (Config, string) {
 		cfg.Admin.CRLExpiryWarning = handshake.DefaultCRLWarnWindow
 	}
 	if cfg.LogFormat == "" {
-		cfg.LogFormat = "json"
+		cfg.LogFormat = "auto"
 	}
 	if level == "" {
 		level = "info"
@@ -673,8 +675,8 @@ func yamlMessage(err error) string {
 func commonProblems(cfg *Config, level string, key func(string) string) []error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if cfg.LogFormat != "json" && cfg.LogFormat != "console" {
-		bad("%s %q: want json or console", key("log.format"), cfg.LogFormat)
+	if cfg.LogFormat != "json" && cfg.LogFormat != "console" && cfg.LogFormat != "auto" {
+		bad("%s %q: want json, console or auto", key("log.format"), cfg.LogFormat)
 	}
 	var err error
 	if cfg.LogLevel, err = zerologLevel(level); err != nil {

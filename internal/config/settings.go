@@ -42,9 +42,11 @@ type Config struct {
 	DrainTimeout time.Duration
 	MemRelease   time.Duration // 0: off
 	BusyPoll     time.Duration // 0: off
-	LogFormat    string
+	LogFormat    string        // "json", "console" or "auto": console on a terminal
 	LogLevel     zerolog.Level
-	Admin        AdminConfig
+	// Audit writes the audit line of every connection whatever LogLevel is.
+	Audit bool
+	Admin AdminConfig
 }
 
 // AdminConfig is the operations side of serve.
@@ -157,8 +159,11 @@ var Settings = []Setting{
 	{Flag: "drain-timeout", Scope: TopLevel, Key: "drain_timeout", Default: DefaultDrainTimeout, Usage: "on SIGTERM or SIGINT, time open sessions get to end before they are closed"},
 	{Flag: "memory-release-after", Scope: TopLevel, Key: "memory_release_after", Default: DefaultMemoryRelease, Usage: "after a burst of handshakes, return the memory it used to the OS once none has run for this long (0: never)"},
 	{Flag: "busy-poll", Scope: TopLevel, Key: "busy_poll", Default: time.Duration(0), Usage: "after each event, keep polling sessions in conversation for this long instead of sleeping: lower latency for a CPU's worth of polling (Linux; 0: off)"},
-	{Flag: "log-format", Scope: TopLevel, Key: "log.format", Default: "json", Usage: "log format: json or console"},
+	{Flag: "log-format", Scope: TopLevel, Key: "log.format", Default: "auto", Usage: "log format: json, console, or auto (console on a terminal, json elsewhere)"},
 	{Flag: "log-level", Scope: TopLevel, Key: "log.level", Default: "info", Usage: "log level: debug, info, warn or error"},
+
+	// #19: logs an operator can read.
+	{Flag: "audit-log", Scope: TopLevel, Key: "log.audit", Default: true, Usage: "write the audit line of every connection, whatever --log-level is (--audit-log=false turns it off)"},
 }
 
 // FileOnlyKeys are the listener keys no flag sets: the flags describe one TCP listener

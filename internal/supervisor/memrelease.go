@@ -56,7 +56,7 @@ func (r *memRelease) run(ctx context.Context, quiet time.Duration, log zerolog.L
 		before, start := rssKiB(), time.Now()
 		debug.FreeOSMemory()
 		log.Debug().Uint64("handshakes", n-released).Int64("rss_kib_before", before).Int64("rss_kib_after", rssKiB()).
-			Dur("took", time.Since(start)).Msg("burst of handshakes over: memory returned to the OS")
+			Str("took", time.Since(start).Round(time.Microsecond).String()).Msg("burst of handshakes over: memory returned to the OS")
 		released = n
 	}
 }

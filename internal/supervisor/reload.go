@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"os"
 	"sync"
 	"time"
@@ -41,32 +42,49 @@ type component struct {
 	key    any // the *handshake.TLSServer or *handshake.PSKStore
 	files  []string
 	reload func() error
+	// listeners are the names of the listeners that use it, for the reload lines; spec is
+	// the first one's, to name the file at fault when a reload fails.
+	listeners []string
+	spec      config.ListenerSpec
 }
 
 // components lists what the running listeners loaded, each once.
 func (r *reloader) components() []component {
-	seen := map[any]bool{}
+	index := map[any]int{}
 	var out []component
-	for _, mat := range r.sup.materials() {
-		if t := mat.tls; t != nil && !seen[t] {
-			seen[t] = true
-			c := t.Config()
-			files := []string{c.CertFile, c.KeyFile}
-			if c.ClientCAFile != "" {
-				files = append(files, c.ClientCAFile)
-			}
-			if c.ClientKeysFile != "" {
-				files = append(files, c.ClientKeysFile)
-			}
-			out = append(out, component{key: t, files: append(files, c.CRLFiles...), reload: t.Reload})
+	add := func(key any, l *running, mk func() component) {
+		if i, ok := index[key]; ok {
+			out[i].listeners = append(out[i].listeners, l.spec.Name)
+			return
 		}
-		if p := mat.psk; p != nil && !seen[p.Store()] {
-			seen[p.Store()] = true
-			out = append(out, component{key: p.Store(), files: []string{p.Store().File()}, reload: p.Store().Reload})
-		}
-		if c := mat.client; c != nil && !seen[c] { // client mode: the uplink's files
-			seen[c] = true
-			out = append(out, component{key: c, files: c.Files(), reload: c.Reload})
+		c := mk()
+		c.key, c.listeners, c.spec = key, []string{l.spec.Name}, l.spec
+		index[key] = len(out)
+		out = append(out, c)
+	}
+	for _, l := range r.sup.all() {
+		for _, mat := range l.mat.withTenants() {
+			if t := mat.tls; t != nil {
+				add(t, l, func() component {
+					c := t.Config()
+					files := []string{c.CertFile, c.KeyFile}
+					if c.ClientCAFile != "" {
+						files = append(files, c.ClientCAFile)
+					}
+					if c.ClientKeysFile != "" {
+						files = append(files, c.ClientKeysFile)
+					}
+					return component{files: append(files, c.CRLFiles...), reload: t.Reload}
+				})
+			}
+			if p := mat.psk; p != nil {
+				add(p.Store(), l, func() component {
+					return component{files: []string{p.Store().File()}, reload: p.Store().Reload}
+				})
+			}
+			if c := mat.client; c != nil { // client mode: the uplink's files
+				add(c, l, func() component { return component{files: c.Files(), reload: c.Reload} })
+			}
 		}
 	}
 	return out
@@ -130,7 +148,7 @@ func (r *reloader) check(force bool) {
 		if len(changed) == 0 {
 			continue
 		}
-		ok := r.reload(changed, c.reload)
+		ok := r.reload(c, changed)
 		if !ok && !isRetry && !force {
 			r.retry[c.key] = changed
 		}
@@ -145,8 +163,8 @@ func (r *reloader) check(force bool) {
 	}
 }
 
-func (r *reloader) reload(files []string, load func() error) bool {
-	err := load()
+func (r *reloader) reload(c component, files []string) bool {
+	err := c.reload()
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -156,10 +174,17 @@ func (r *reloader) reload(files []string, load func() error) bool {
 		r.m.CountReload(f, result)
 	}
 	if err != nil {
-		// The message names the file (and line, for a PSK file); the old material stays.
-		r.log.Error().Err(err).Strs("files", files).Msg("reload failed: keeping the previous certificates and keys")
+		// The message names the file (and line, for a PSK file), and its flag or key: the
+		// file at fault may not be the one that changed (a new certificate, the old key).
+		// The old material stays.
+		if _, isTLS := c.key.(*handshake.TLSServer); isTLS {
+			if probs := tlsFileProblems(c.spec, time.Now(), false); len(probs) > 0 {
+				err = errors.Join(probs...)
+			}
+		}
+		r.log.Error().Err(err).Strs("listeners", c.listeners).Strs("files", files).Msg("reload failed: keeping the previous certificates and keys")
 	} else {
-		r.log.Info().Strs("files", files).Msg("reloaded")
+		r.log.Info().Strs("listeners", c.listeners).Strs("files", files).Msg("reloaded")
 	}
 	return err == nil
 }
@@ -280,7 +305,7 @@ func (r *reloader) warnExpiry(now time.Time, window time.Duration) {
 			}
 		}
 		ev.Str("file", f.File).Str("role", f.Role).Str("subject", f.Subject).
-			Time("not_after", f.NotAfter).Dur("remaining", f.NotAfter.Sub(now).Round(time.Second)).Msg(msg)
+			Time("not_after", f.NotAfter).Str("remaining", f.NotAfter.Sub(now).Round(time.Second).String()).Msg(msg)
 	}
 }
 
@@ -307,27 +332,6 @@ func (r *reloader) run(ctx context.Context, interval time.Duration, hup <-chan s
 			r.check(true)
 		case <-daily.C:
 			r.warnExpiry(time.Now(), expiryWindow)
-		}
-	}
-}
-
-// warnPermissions warns about each private key, PSK file and pinned-key file its group
-// or others may read or write. It does not refuse them: Kubernetes mounts Secrets 0644
-// by default, where the pod is the only reader.
-func warnPermissions(log zerolog.Logger, specs []config.ListenerSpec) {
-	seen := map[string]bool{}
-	for _, sp := range specs {
-		for _, f := range []struct{ file, key string }{
-			{sp.TLS.KeyFile, "tls.key"}, {sp.PSKFile, "psk.file"}, {sp.TLS.ClientKeysFile, "tls.client_keys"},
-		} {
-			if f.file == "" || seen[f.file] {
-				continue
-			}
-			seen[f.file] = true
-			if mode, loose, err := handshake.LoosePermissions(f.file); err == nil && loose {
-				log.Warn().Str("file", f.file).Str("setting", sp.Key(f.key)).Str("mode", mode.String()).
-					Msg("file readable or writable by group or others: chmod 600 it")
-			}
 		}
 	}
 }

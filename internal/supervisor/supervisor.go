@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
 	"github.com/mqtls/mqtls/handshake"
@@ -47,7 +48,15 @@ func loadMaterial(sp config.ListenerSpec, shared *material) (*material, error) {
 		if sp.TLS.CertFile != "" {
 			var err error
 			if m.tls, err = handshake.NewTLSServer(sp.TLS); err != nil {
-				return nil, fmt.Errorf("listener %s: %s/%s: %w", sp.Name, sp.Key("tls.cert"), sp.Key("tls.client_ca"), err)
+				// Name the file at fault, and only it; what is left is between files.
+				if errs := tlsFileProblems(sp, time.Now(), false); len(errs) > 0 {
+					return nil, errors.Join(errs...)
+				}
+				key := sp.Key("tls.client_ca")
+				if len(sp.TLS.CRLFiles) > 0 {
+					key += "/" + sp.Key("tls.crls")
+				}
+				return nil, fmt.Errorf("listener %s: %s: %w", sp.Name, key, err)
 			}
 		}
 		if sp.PSKFile != "" {
@@ -98,6 +107,8 @@ type supervisor struct {
 
 	// fail receives the error of a listener whose Serve ended on its own.
 	fail chan error
+	// noAudit turns the audit line of each connection off (--audit-log=false).
+	noAudit bool
 }
 
 // start builds, binds and serves sp.
@@ -172,6 +183,7 @@ func (v *supervisor) proxyConfig(sp config.ListenerSpec, mat *material) (proxy.C
 	pc := sp.Proxy
 	pc.Handshaker, pc.Policy, pc.Logger, pc.Hooks = mat.handshaker, pol, v.log, v.hooks
 	pc.SendProxyHeader = sp.SendProxy
+	pc.NoAudit = v.noAudit
 	clientProxyConfig(mat, &pc)
 	if err := v.sniProxyConfig(sp, mat, &pc); err != nil {
 		return proxy.Config{}, err
@@ -318,12 +330,24 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			ready.UpstreamOK.Store(time.Now().UnixNano())
 		}
 	}
-	v := &supervisor{log: log, hooks: hooks, metrics: m, fail: make(chan error, 1)}
+	v := &supervisor{log: log, hooks: hooks, metrics: m, fail: make(chan error, 1), noAudit: !cfg.Audit}
 	defer func() {
 		for _, r := range v.all() {
 			r.ln.Close()
 		}
 	}()
+	// The admin address is bound first: a bind error then stops mqtls before any listener
+	// started, so no drain is logged for listeners that never served.
+	var adminSrv *http.Server
+	var adminLn net.Listener
+	if cfg.Admin.Listen != "" {
+		var err error
+		if adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			return fmt.Errorf("%w: %w", errAdminListen, err)
+		}
+		defer adminLn.Close() // after Serve, closing it again is harmless
+		adminSrv = admin.NewServer(m, ready, cfg.Admin.Pprof)
+	}
 	for _, sp := range cfg.Listeners {
 		if _, err := v.start(sp); err != nil {
 			// Stop what already started: nothing serves half a configuration.
@@ -332,19 +356,6 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 			}
 			return err
 		}
-	}
-
-	var adminSrv *http.Server
-	var adminLn net.Listener
-	if cfg.Admin.Listen != "" {
-		var err error
-		if adminLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
-			for _, r := range v.all() {
-				v.stop(r, 0)
-			}
-			return fmt.Errorf("%w: %w", errAdminListen, err)
-		}
-		adminSrv = admin.NewServer(m, ready, cfg.Admin.Pprof)
 	}
 
 	bg, stopBG := context.WithCancel(context.Background())
@@ -380,7 +391,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		ev.Msg("starting")
 		warnExposedUplink(log, r.spec) // client.go
 	}
-	warnPermissions(log, cfg.Listeners)
+	warnAtStart(bg, &bgDone, log, cfg.Listeners)
 	ready.Bound.Store(true)
 	adminErr := make(chan error, 1)
 	if adminSrv != nil {
@@ -428,7 +439,7 @@ wait:
 		}
 	}
 	ready.Draining.Store(true)
-	log.Info().Dur("drain_timeout", cfg.DrainTimeout).Msg("shutting down: draining connections")
+	log.Info().Str("drain_timeout", cfg.DrainTimeout.String()).Msg("shutting down: draining connections")
 	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
 	go func() {
@@ -479,7 +490,7 @@ func applyTopLevel(log zerolog.Logger, cfg, next config.Config) time.Duration {
 			log.Error().Err(err).Msg("config reload: keeping the running busy_poll")
 		} else {
 			busy = next.BusyPoll
-			log.Info().Dur("busy_poll", busy).Msg("busy poll changed")
+			log.Info().Str("busy_poll", busy.String()).Msg("busy poll changed")
 		}
 	}
 	var later []string
@@ -489,7 +500,7 @@ func applyTopLevel(log zerolog.Logger, cfg, next config.Config) time.Duration {
 	}{
 		{"drain_timeout", next.DrainTimeout != cfg.DrainTimeout},
 		{"memory_release_after", next.MemRelease != cfg.MemRelease},
-		{"log", next.LogFormat != cfg.LogFormat || next.LogLevel != cfg.LogLevel},
+		{"log", next.LogFormat != cfg.LogFormat || next.LogLevel != cfg.LogLevel || next.Audit != cfg.Audit},
 		{"admin", next.Admin != cfg.Admin},
 	} {
 		if k.changed {
@@ -502,18 +513,50 @@ func applyTopLevel(log zerolog.Logger, cfg, next config.Config) time.Duration {
 	return busy
 }
 
+// newLogger writes to w in format: json, console, or auto (console when w is a terminal,
+// so that a person at one reads lines, and JSON for journald, files and collectors).
 func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
-	if format == "console" {
+	if consoleFormat(w, format) {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339, NoColor: !isTerminal(w)}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Logger()
 }
 
+// consoleFormat reports whether logs to w in format are written for a person.
+func consoleFormat(w io.Writer, format string) bool {
+	return format == "console" || format == "auto" && isTerminal(w)
+}
+
+// isTerminal asks the terminal driver, not the file mode: /dev/null is a character
+// device too (a unit's StandardOutput=null), and no one reads colours there.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
+	return ok && isatty.IsTerminal(f.Fd())
+}
+
+// warnAtStart warns about secret files others can read, and about a broker that cannot
+// be reached now (in the background: it may start a moment later, and mqtls serves
+// meanwhile), so that the first sign of either is not a refused device.
+func warnAtStart(ctx context.Context, wg *sync.WaitGroup, log zerolog.Logger, specs []config.ListenerSpec) {
+	dialed := map[string]bool{}
+	for _, sp := range specs {
+		if sp.ShareWith == "" {
+			for _, l := range loosePermissions(sp) {
+				log.Warn().Str("key", l.key).Str("file", l.file).Str("mode", fmt.Sprintf("%04o", l.mode)).
+					Msg("secret file readable by others: chmod 600 it")
+			}
+		}
+		if dialed[sp.Proxy.Upstream] {
+			continue
+		}
+		dialed[sp.Proxy.Upstream] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := upstreamProblem(ctx, sp, orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout)); err != nil && ctx.Err() == nil {
+				log.Warn().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Err(err).
+					Msg("broker unreachable: devices get CONNACK server unavailable until it is up")
+			}
+		}()
 	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
