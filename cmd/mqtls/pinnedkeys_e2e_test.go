@@ -136,6 +136,9 @@ func TestPinnedKeys(t *testing.T) {
 		if fi, err := os.Stat(keysFile); err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("convert wrote no 0600 %s (%v)", keysFile, err)
 		}
+		if _, _, err := convertApp(t, conf); err != nil {
+			t.Errorf("convert stunnel again, the keys file unchanged: %v", err)
+		}
 		s := startConfigServer(t, signals{}, writeConfig(t, dir, "converted.yaml", stdout, nil), "devices")
 		addr := s.addrOf(t, "devices")
 		if out, err := forgedB.pub(t, addr, p.caFile, "dev-B", "devices/dev-B/x"); err == nil {
@@ -149,6 +152,14 @@ func TestPinnedKeys(t *testing.T) {
 		}
 		wantAudit(t, s.audit(t, func(e logEntry) bool { return e.str("outcome") == "forwarded" }),
 			map[string]string{"identity": "dev-A", "identity_kind": "pinned_key"})
+
+		// An operator's edits to the keys file are never overwritten.
+		if err := os.WriteFile(keysFile, []byte("# edited\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := convertApp(t, conf); err == nil || !strings.Contains(err.Error(), keysFile+" exists with other contents") {
+			t.Errorf("convert stunnel over an edited keys file: %v, want a refusal naming it", err)
+		}
 	})
 
 	t.Run("hazard: the same certificates as --client-ca", func(t *testing.T) {

@@ -44,6 +44,13 @@ func wantAlive(t *testing.T, conn net.Conn, who string) {
 	}
 }
 
+// watching waits until s's reloader has taken its first look at the files (it logs
+// "starting" after): a file replaced before that would look unchanged to it.
+func (s *server) watching(t *testing.T) {
+	t.Helper()
+	s.waitLine(t, "starting", nil)
+}
+
 // selfSignedDevice is a device with a self-signed certificate, as pinned keys take, and
 // the line pinning its key under name.
 func selfSignedDevice(t *testing.T, p *pki, name string) (device, string) {
@@ -108,6 +115,7 @@ func TestRevokeTerminates(t *testing.T) {
 		}
 		s := startServer(t, append(base(p), "--client-keys", keys)...)
 		a, kept := devA.session(t, s.addr, "dev-A"), devB.session(t, s.addr, "dev-B")
+		s.watching(t)
 		replaceFile(t, keys, []byte(lineB))
 		s.waitLine(t, closedForLine, func(e logEntry) bool { return e.str("reason") == "key_not_pinned" })
 		wantClosed(t, a, waitTimeout)
@@ -136,6 +144,7 @@ func TestRevokeTerminates(t *testing.T) {
 			return conn
 		}
 		changed, kept := open("dev-1", k1), open("dev-2", k2)
+		s.watching(t)
 		replaceFile(t, file, []byte(line("dev-1", k3)+line("dev-2", k2)))
 		s.waitLine(t, closedForLine, func(e logEntry) bool { return e.str("reason") == "psk_changed" })
 		wantClosed(t, changed, waitTimeout)
@@ -159,6 +168,7 @@ func TestRevokeTerminates(t *testing.T) {
 		s := startServer(t, append(base(p), "--client-ca", cas)...)
 		gone := p.deviceFrom(t, newCA, handshaketest.Template{CommonName: "from-ca-2"}).session(t, s.addr, "from-ca-2")
 		kept := p.device(t, "from-ca-1").session(t, s.addr, "from-ca-1")
+		s.watching(t)
 		replaceFile(t, cas, p.ca.CertPEM)
 		s.waitLine(t, closedForLine, func(e logEntry) bool { return e.str("reason") == "untrusted_cert" })
 		wantClosed(t, gone, waitTimeout)
@@ -184,6 +194,7 @@ func TestRevokeTerminates(t *testing.T) {
 		leaf := p.deviceFrom(t, inter, handshaketest.Template{CommonName: "under-inter"}) // sends its leaf only
 		gone := leaf.session(t, s.addr, "under-inter")
 		kept := p.device(t, "under-root").session(t, s.addr, "under-root")
+		s.watching(t)
 		replaceFile(t, crl, cat(mustCRL(t, p.ca, &handshaketest.Cert{Cert: inter.Cert}), mustCRL(t, inter)))
 		s.waitLine(t, closedForLine, func(e logEntry) bool { return e.str("reason") == "revoked_cert" })
 		wantClosed(t, gone, waitTimeout)
@@ -266,6 +277,7 @@ func TestCRLFiles(t *testing.T) {
 		t.Parallel()
 		crl := write("reload.crl", mustCRL(t, p.ca, victim.cert))
 		s := startServer(t, args(crl, "--reload-interval", reloadInterval)...)
+		s.watching(t)
 		replaceFile(t, crl, cat(mustCRL(t, p.ca), garbage))
 		s.waitLine(t, "reload failed: keeping the previous certificates and keys", func(e logEntry) bool {
 			return strings.Contains(e.str("error"), "reload.crl: block 2")

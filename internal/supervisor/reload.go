@@ -126,12 +126,9 @@ func (r *reloader) check(force bool) {
 			now[f] = hashFile(f)
 		}
 	}
-	// The keys before the reload, so that a session whose PSK was changed rather than
-	// removed can be told apart: its identity is still there.
-	var before pskKeys
-	if r.revokeTerminates {
-		before = snapshotPSKs(comps)
-	}
+	// The keys of each PSK store about to be reloaded, so that a session whose PSK was
+	// changed rather than removed can be told apart: its identity is still there.
+	before := pskKeys{}
 	reloaded := false
 	for _, c := range comps {
 		var changed []string
@@ -147,6 +144,9 @@ func (r *reloader) check(force bool) {
 		delete(r.retry, c.key)
 		if len(changed) == 0 {
 			continue
+		}
+		if store, isPSK := c.key.(*handshake.PSKStore); isPSK && r.revokeTerminates {
+			before[store] = keysOf(store)
 		}
 		ok := r.reload(c, changed)
 		if !ok && !isRetry && !force {
@@ -218,20 +218,14 @@ const (
 // pskKeys are the keys of each PSK store by identity, as a reload found them.
 type pskKeys map[*handshake.PSKStore]map[string][]byte
 
-func snapshotPSKs(comps []component) pskKeys {
-	keys := pskKeys{}
-	for _, c := range comps {
-		store, ok := c.key.(*handshake.PSKStore)
-		if !ok {
-			continue
-		}
-		m := map[string][]byte{}
-		for _, id := range store.Identities() {
-			m[id], _ = store.Lookup(id)
-		}
-		keys[store] = m
+// keysOf returns the store's keys by identity. A reload replaces the store's map, so
+// these slices keep the old keys.
+func keysOf(store *handshake.PSKStore) map[string][]byte {
+	m := map[string][]byte{}
+	for _, id := range store.Identities() {
+		m[id], _ = store.Lookup(id)
 	}
-	return keys
+	return m
 }
 
 // stillValid says why the session of id no longer holds with mat's files now loaded
