@@ -154,3 +154,14 @@ type realTCPConn struct {
 }
 
 func (c *realTCPConn) RemoteAddr() net.Addr { return c.remote }
+
+// LocalProxyHeader is the PROXY header ("v1" or "v2") of a connection mqtls makes on its own
+// behalf, such as a health check of the broker: LOCAL, naming no client. A broker that
+// requires a header from mqtls accepts it without taking the connection for a device's.
+func LocalProxyHeader(version string) ([]byte, error) {
+	h := &proxyproto.Header{Version: 1, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	if version == "v2" {
+		h.Version = 2
+	}
+	return h.Format()
+}

@@ -36,13 +36,16 @@ func TestConvertStunnelErrors(t *testing.T) {
 	clientOnly := write("client.conf", "[up]\nclient = yes\naccept = 1884\nconnect = example.com:8883\n")
 	garbage := write("garbage.conf", "; comment\n[ok]\naccept 8883\n")
 	section := write("section.conf", "[broken\n")
+	// A client service alone converts now, to a client-mode listener (it once had nothing
+	// to convert).
+	if stdout, _, err := convertApp(t, clientOnly); err != nil || !strings.Contains(stdout, "mode: client") {
+		t.Errorf("convert stunnel %s: %v; want a client-mode listener, got:\n%s", clientOnly, err, stdout)
+	}
 	for _, tc := range []struct {
 		args   []string
 		err    string
 		stderr string
 	}{
-		{args: []string{clientOnly}, err: "stunnel config " + clientOnly + ": no server service to convert",
-			stderr: "service [up] line 2: client = yes: not translated: stunnel client mode originates TLS toward a remote server; mqtls only accepts TLS from devices; service skipped\n"},
 		{args: []string{garbage}, err: "stunnel config " + garbage + `: line 3: "accept 8883": want key = value, [service name] or a comment`},
 		{args: []string{section}, err: "stunnel config " + section + `: line 1: "[broken": want [service name]`},
 		{args: []string{filepath.Join(dir, "missing.conf")}, err: "reading stunnel config: open " + filepath.Join(dir, "missing.conf") + ": no such file or directory"},
@@ -171,11 +174,12 @@ func TestConvertedConfigServes(t *testing.T) {
 	})
 
 	t.Run("mixed", func(t *testing.T) {
-		// Two server services (mTLS, and certificates plus PSK toward a unix socket); the
-		// client service is not converted. check loads every file; the broker is not dialed.
+		// Two server services (mTLS, and certificates plus PSK toward a unix socket) and a
+		// client service, which becomes a client-mode listener.
 		file := convert(t, "mixed.conf", "accept = 8883", "accept = 127.0.0.1:0", "accept = 8884", "accept = 127.0.0.1:0")
 		data, _ := os.ReadFile(file)
-		if !bytes.Contains(data, []byte("name: mqtt-psk")) || bytes.Contains(data, []byte("cloud-uplink")) {
+		if !bytes.Contains(data, []byte("name: mqtt-psk")) || !bytes.Contains(data, []byte("name: cloud-uplink")) ||
+			!bytes.Contains(data, []byte("mode: client")) {
 			t.Errorf("converted mixed.conf:\n%s", data)
 		}
 	})

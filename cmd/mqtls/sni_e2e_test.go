@@ -231,7 +231,7 @@ func TestSNIRevokeTerminates(t *testing.T) {
 	if err := os.WriteFile(b.caFile, extra, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.waitLine(t, "closed sessions whose PSK was removed or certificate revoked", nil)
+	s.waitLine(t, "closed sessions whose credentials the reloaded files no longer accept", nil)
 	if err := ping(); err == nil {
 		t.Errorf("tenant B's session still open after its CA was removed")
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mqtls/mqtls/handshake"
 	"github.com/mqtls/mqtls/internal/config"
+	"github.com/mqtls/mqtls/proxy"
 )
 
 // Each file a listener names is looked at on its own before the handshake packages load
@@ -260,7 +261,9 @@ func loosePermissions(sp config.ListenerSpec) []looseFile {
 }
 
 // upstreamProblem dials sp's broker once; it may start later, so failing is a warning.
-func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.Duration) error {
+// reached, if set, hears the local address of a dial that succeeded: the broker logs that
+// connection, which sends nothing, and the debug log says where it came from.
+func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.Duration, reached ...func(local string)) error {
 	network, addr := "tcp", sp.Proxy.Upstream
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, addr = "unix", p
@@ -269,6 +272,20 @@ func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.D
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return fmt.Errorf("listener %s: the broker at %s (%s) cannot be reached now: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
+	}
+	if sp.SendProxy != "" {
+		hdr, err := proxy.LocalProxyHeader(sp.SendProxy)
+		if err == nil {
+			_ = c.SetWriteDeadline(time.Now().Add(timeout))
+			_, err = c.Write(hdr)
+		}
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("listener %s: sending the broker at %s (%s) a PROXY header: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
+		}
+	}
+	for _, f := range reached {
+		f(c.LocalAddr().String())
 	}
 	return c.Close()
 }

@@ -553,7 +553,11 @@ func warnAtStart(ctx context.Context, wg *sync.WaitGroup, log zerolog.Logger, sp
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := upstreamProblem(ctx, sp, orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout)); err != nil && ctx.Err() == nil {
+			reached := func(local string) {
+				log.Info().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Str("local", local).
+					Msg("broker reachable at start")
+			}
+			if err := upstreamProblem(ctx, sp, orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout), reached); err != nil && ctx.Err() == nil {
 				log.Warn().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Err(err).
 					Msg("broker unreachable: devices get CONNACK server unavailable until it is up")
 			}
