@@ -48,7 +48,7 @@ func serveCommand(stdout io.Writer, sig signals) *cli.Command {
 				return err
 			}
 			return supervisor.Serve(c.Context, cfg, supervisor.Options{
-				Stdout: stdout, Hup: sig.hup, HardStop: sig.hardStop, Version: version,
+				Stdout: stdout, Hup: sig.hup, HardStop: sig.hardStop, Version: buildVersion(),
 			})
 		},
 	}
