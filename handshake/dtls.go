@@ -68,7 +68,8 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 	if cfg.TLS == nil && cfg.PSK == nil {
 		return nil, nil, errors.New("a DTLS listener needs a certificate or a PSK store")
 	}
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	network := ListenNetwork("udp", addr)
+	udpAddr, err := net.ResolveUDPAddr(network, addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("DTLS listen address %q: %w", addr, err)
 	}
@@ -106,7 +107,7 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 		}
 	}
 	opts = append(opts, dtls.WithCipherSuites(suites...))
-	ln, err := dtls.ListenWithOptions("udp", udpAddr, opts...)
+	ln, err := dtls.ListenWithOptions(network, udpAddr, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening DTLS listener on %s: %w", addr, err)
 	}

@@ -448,7 +448,7 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 		return skip(accepts[0], "mqtls listens on TCP and UDP addresses, not unix sockets")
 	}
 	o := cv.first(svc, accepts, "an mqtls listener has one address: add another listener for it")
-	l.Listen = stunnelAddr(o.value, "")
+	l.Listen = stunnelAddr(o.value, "0.0.0.0") // stunnel: no host is every IPv4 address, not IPv6
 	src("listen", o)
 	if len(connects) == 0 {
 		return skipService("no connect: the broker to forward to")

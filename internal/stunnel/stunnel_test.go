@@ -101,13 +101,13 @@ func TestConvertStunnelOptions(t *testing.T) {
 		notes []string
 		err   string
 	}{
-		{name: "bare ports", check: func(l config.Listener) bool { return l.Listen == ":8883" && l.Upstream == "127.0.0.1:1883" }},
+		{name: "bare ports", check: func(l config.Listener) bool { return l.Listen == "0.0.0.0:8883" && l.Upstream == "127.0.0.1:1883" }},
 		{name: "host:port kept", addrs: "accept = 192.0.2.1:8883\nconnect = broker:1883\n",
 			check: func(l config.Listener) bool { return l.Listen == "192.0.2.1:8883" && l.Upstream == "broker:1883" }},
 		{name: "IPv6", addrs: "accept = :::8883\nconnect = ::1:1883\n",
 			check: func(l config.Listener) bool { return l.Listen == "[::]:8883" && l.Upstream == "[::1]:1883" }},
 		{name: "second accept and connect", conf: "accept = 192.0.2.1:8883\nconnect = broker:1883\n",
-			check: func(l config.Listener) bool { return l.Listen == ":8883" && l.Upstream == "127.0.0.1:1883" },
+			check: func(l config.Listener) bool { return l.Listen == "0.0.0.0:8883" && l.Upstream == "127.0.0.1:1883" },
 			notes: []string{
 				"service [svc] line 6: accept = 192.0.2.1:8883: not translated: an mqtls listener has one address: add another listener for it",
 				"service [svc] line 7: connect = broker:1883: not translated: an mqtls listener has one upstream; stunnel's failover to the next connect is not carried over",

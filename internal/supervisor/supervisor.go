@@ -154,7 +154,7 @@ func bind(sp config.ListenerSpec, mat *material, pc *proxy.Config) (net.Listener
 		return ln, nil
 	default:
 		pc.TrustProxyFrom = sp.ProxyFrom
-		return net.Listen("tcp", sp.Listen)
+		return net.Listen(handshake.ListenNetwork("tcp", sp.Listen), sp.Listen)
 	}
 }
 
