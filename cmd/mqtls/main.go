@@ -195,6 +195,7 @@ func newHelpFlag() cli.Flag {
 // withHelp gives cmd (and its subcommands) a --help flag of its own; see newApp.
 func withHelp(cmd *cli.Command) {
 	cmd.HideHelp, cmd.HideHelpCommand = true, true
+	cmd.OnUsageError = usageError
 	cmd.Flags = append(cmd.Flags, newHelpFlag())
 	action := cmd.Action
 	cmd.Action = func(c *cli.Context) error {
