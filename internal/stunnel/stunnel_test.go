@@ -139,7 +139,7 @@ func TestConvertStunnelOptions(t *testing.T) {
 			notes: []string{"service [svc] line 6: sslVersion = all: changed: tls.min_version is 1.2: mqtls accepts TLS 1.2 and 1.3 only, so devices limited to older versions fail the handshake"}},
 		{name: "sslVersion TLSv1.2 caps", conf: "sslVersion = TLSv1.2\n",
 			check: func(l config.Listener) bool { return l.TLS.MinVersion == "1.2" },
-			notes: []string{"service [svc] line 6: sslVersion = TLSv1.2: not translated: mqtls has no maximum version: it also accepts TLS 1.3, which devices use when they offer it"}},
+			notes: []string{"service [svc] line 6: sslVersion = TLSv1.2: not translated: mqtls has no maximum version: it also accepts TLS 1.3 (certificates and PSKs), which devices use when they offer it"}},
 		{name: "sslVersionMax TLSv1.3", conf: "sslVersionMax = TLSv1.3\nsslVersionMin = TLSv1.3\n",
 			check: func(l config.Listener) bool { return l.TLS.MinVersion == "1.3" }},
 		{name: "TIMEOUTidle", conf: "TIMEOUTidle = 43200\nTIMEOUTconnect = 3\n",
