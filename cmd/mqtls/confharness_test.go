@@ -53,6 +53,7 @@ func startConfigServer(t *testing.T, sig signals, file string, listeners ...stri
 			t.Fatalf("listener %s did not log \"listening\" within %v (RunContext returned %v)", name, waitTimeout, s.err)
 		}
 	}
+	noteStartProbes(s.logs)
 	return cs
 }
 

@@ -444,9 +444,26 @@ func (b *broker) addProbe(local string) {
 }
 
 func (b *broker) isProbe(remote string) bool {
+	if _, ok := startProbes.Load(remote); ok {
+		return true
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.probes[remote]
+}
+
+// startProbes are the local addresses of the look mqtls takes at the broker when it
+// starts ("broker reachable"): not a device's connection.
+var startProbes sync.Map
+
+// noteStartProbes records the start-up probes a server's log names. The probe runs before
+// the listeners start, so its line is there once "listening" is.
+func noteStartProbes(logs *lineLog) {
+	for _, l := range logs.Lines() {
+		if e, ok := parseEntry(l); ok && e.str("message") == "broker reachable" {
+			startProbes.Store(e.str("local"), true)
+		}
+	}
 }
 
 // waitLog waits for a broker log line containing substr.
@@ -1044,6 +1061,7 @@ func startServerWith(t *testing.T, sig signals, args ...string) *server {
 	}
 	e, _ := parseEntry(line)
 	s.addr, s.listener = e.str("addr"), e.str("listener")
+	noteStartProbes(s.logs)
 	return s
 }
 

@@ -334,7 +334,7 @@ func TestExternalTLSClients(t *testing.T) {
 					"-CAfile", dev.caFile, "-cert", dev.certFile, "-key", dev.keyFile}
 			},
 			ok:    false,
-			audit: map[string]string{"outcome": "handshake_failed", "reason": "handshake_failed"},
+			audit: map[string]string{"outcome": "handshake_failed", "reason": "no_shared_cipher"},
 		},
 		{
 			name:  "openssl TLS 1.2 against --min-tls 1.3",
@@ -345,7 +345,7 @@ func TestExternalTLSClients(t *testing.T) {
 					"-CAfile", dev.caFile, "-cert", dev.certFile, "-key", dev.keyFile}
 			},
 			ok:    false,
-			audit: map[string]string{"outcome": "handshake_failed", "reason": "handshake_failed"},
+			audit: map[string]string{"outcome": "handshake_failed", "reason": "protocol_version"},
 		},
 		{
 			name: "gnutls-cli",

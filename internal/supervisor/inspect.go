@@ -260,7 +260,8 @@ func loosePermissions(sp config.ListenerSpec) []looseFile {
 }
 
 // upstreamProblem dials sp's broker once; it may start later, so failing is a warning.
-func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.Duration) error {
+// local is the address the dial came from, for whoever counts the broker's connections.
+func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.Duration) (local string, err error) {
 	network, addr := "tcp", sp.Proxy.Upstream
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, addr = "unix", p
@@ -268,7 +269,8 @@ func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.D
 	d := net.Dialer{Timeout: timeout}
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
-		return fmt.Errorf("listener %s: the broker at %s (%s) cannot be reached now: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
+		return "", fmt.Errorf("listener %s: the broker at %s (%s) cannot be reached now: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
 	}
-	return c.Close()
+	local = c.LocalAddr().String()
+	return local, c.Close()
 }
