@@ -263,16 +263,16 @@ func TestTLSAuditProbes(t *testing.T) {
 		// PSK server, any other to crypto/tls, which has no PSK suite at all. OpenSSL's
 		// TLS 1.1 hello still lists the AEAD PSK suites; GnuTLS's TLS 1.0 one does not.
 		{name: "mixed: openssl TLS 1.1 PSK", mixed: true, bin: "openssl", args: openssl("-tls1_1", "-cipher", "PSK@SECLEVEL=0"), peerSays: alert70, reason: "protocol_version"},
-		{name: "mixed: openssl PSK CBC -no_etm", mixed: true, bin: "openssl", args: openssl("-tls1_2", "-cipher", "PSK-AES128-CBC-SHA256", "-no_etm"), peerSays: alert40, reason: "handshake_failed"},
-		{name: "mixed: openssl PSK-NULL-SHA256", mixed: true, bin: "openssl", args: openssl("-tls1_2", "-cipher", "PSK-NULL-SHA256@SECLEVEL=0"), peerSays: alert40, reason: "handshake_failed"},
-		{name: "mixed: gnutls-cli TLS 1.0 PSK", mixed: true, bin: "gnutls-cli", args: gnutls("NORMAL:-VERS-ALL:+VERS-TLS1.0:-KX-ALL:+PSK"), peerSays: "", reason: "handshake_failed"},
+		{name: "mixed: openssl PSK CBC -no_etm", mixed: true, bin: "openssl", args: openssl("-tls1_2", "-cipher", "PSK-AES128-CBC-SHA256", "-no_etm"), peerSays: alert40, reason: "no_shared_cipher"},
+		{name: "mixed: openssl PSK-NULL-SHA256", mixed: true, bin: "openssl", args: openssl("-tls1_2", "-cipher", "PSK-NULL-SHA256@SECLEVEL=0"), peerSays: alert40, reason: "no_shared_cipher"},
+		{name: "mixed: gnutls-cli TLS 1.0 PSK", mixed: true, bin: "gnutls-cli", args: gnutls("NORMAL:-VERS-ALL:+VERS-TLS1.0:-KX-ALL:+PSK"), peerSays: "", reason: "protocol_version"},
 		{name: "mixed: hello SSL 3.0", mixed: true, hello: handClientHello(0x0300, 0x00a8, 0x008c), reason: "protocol_version"},
 
 		// The certificate listener's refusals, as testssl.sh sees them, with their reason:
 		// crypto/tls gives none more specific than handshake_failed.
-		{name: "tls: openssl TLS 1.0", certOnly: true, bin: "openssl", args: []string{"-tls1", "-cipher", "DEFAULT@SECLEVEL=0"}, peerSays: alert70, reason: "handshake_failed"},
-		{name: "tls: openssl TLS 1.1", certOnly: true, bin: "openssl", args: []string{"-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"}, peerSays: alert70, reason: "handshake_failed"},
-		{name: "tls: openssl RSA key exchange", certOnly: true, bin: "openssl", args: []string{"-tls1_2", "-cipher", "AES128-GCM-SHA256:AES256-GCM-SHA384"}, peerSays: alert40, reason: "handshake_failed"},
+		{name: "tls: openssl TLS 1.0", certOnly: true, bin: "openssl", args: []string{"-tls1", "-cipher", "DEFAULT@SECLEVEL=0"}, peerSays: alert70, reason: "protocol_version"},
+		{name: "tls: openssl TLS 1.1", certOnly: true, bin: "openssl", args: []string{"-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"}, peerSays: alert70, reason: "protocol_version"},
+		{name: "tls: openssl RSA key exchange", certOnly: true, bin: "openssl", args: []string{"-tls1_2", "-cipher", "AES128-GCM-SHA256:AES256-GCM-SHA384"}, peerSays: alert40, reason: "no_shared_cipher"},
 	}
 
 	for _, pr := range probes {
