@@ -67,7 +67,7 @@ func Check(w io.Writer, cfg config.Config, now time.Time) error {
 			seen[mat.psk.Store()] = true
 			fmt.Fprintf(w, "  %-9s %s  %d identities\n", "psk", mat.psk.Store().File(), mat.psk.Store().Len())
 		}
-		if !dialed[sp.Proxy.Upstream] {
+		if !dialed[sp.Proxy.Upstream] && sp.SendProxy == "" { // a PROXY-reading broker would log a bare probe as an error
 			dialed[sp.Proxy.Upstream] = true
 			if _, err := upstreamProblem(context.Background(), sp, min(orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout), checkDialTimeout)); err != nil {
 				warn(err.Error() + " (it may start later)")
