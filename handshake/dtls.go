@@ -115,7 +115,8 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 	if cfg.TLS == nil && cfg.PSK == nil {
 		return nil, nil, errors.New("a DTLS listener needs a certificate or a PSK store")
 	}
-	udpAddr, err := net.ResolveUDPAddr("udp", addr)
+	network := ListenNetwork("udp", addr)
+	udpAddr, err := net.ResolveUDPAddr(network, addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("DTLS listen address %q: %w", addr, err)
 	}
@@ -164,7 +165,7 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 	if _, err := dtls.ServerWithOptions(nopPacketConn{}, udpAddr, opts...); err != nil {
 		return nil, nil, fmt.Errorf("DTLS options for %s: %w", addr, err)
 	}
-	pc, err := net.ListenUDP("udp", udpAddr)
+	pc, err := net.ListenUDP(network, udpAddr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening DTLS listener on %s: %w", addr, err)
 	}

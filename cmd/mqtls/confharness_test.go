@@ -30,7 +30,7 @@ type configServer struct {
 // cleanly) when t ends.
 func startConfigServer(t *testing.T, sig signals, file string, listeners ...string) *configServer {
 	t.Helper()
-	s := &server{logs: newServerLog(t), stderr: newLineLog(), done: make(chan struct{})}
+	s := &server{logs: newLineLog(), stderr: newLineLog(), done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	argv := []string{"mqtls", "serve", "--config", file}
@@ -53,6 +53,7 @@ func startConfigServer(t *testing.T, sig signals, file string, listeners ...stri
 			t.Fatalf("listener %s did not log \"listening\" within %v (RunContext returned %v)", name, waitTimeout, s.err)
 		}
 	}
+	noteStartProbes(s.logs)
 	return cs
 }
 

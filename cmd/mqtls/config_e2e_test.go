@@ -111,11 +111,11 @@ func TestConfigErrors(t *testing.T) {
 		name, file, want string
 	}{
 		{"unknown key", "listeners:\n" + listener + "    polcy: {client_id: enforce}\n",
-			"unmarshal errors:\n  line 5: unknown key polcy in a listener"},
+			"unmarshal errors:\n  line 5: unknown key polcy in a listener (did you mean policy?)"},
 		{"unknown nested key", "listeners:\n  - name: a\n    listen: 127.0.0.1:8883\n    tls:\n      cert: /x.crt\n      client_cert: /ca.crt\n",
-			"unmarshal errors:\n  line 6: unknown key client_cert in tls"},
+			"unmarshal errors:\n  line 6: unknown key client_cert in tls (did you mean cert?)"},
 		{"unknown top-level key", "listener:\n" + listener,
-			"unmarshal errors:\n  line 1: unknown key listener at the top level"},
+			"unmarshal errors:\n  line 1: unknown key listener at the top level (did you mean listeners?)"},
 		{"bad type", "listeners:\n" + listener + "    limits:\n      max_connections: lots\n",
 			"unmarshal errors:\n  line 6: cannot unmarshal !!str `lots` into int"},
 		{"listener not a mapping", "listeners:\n  - [a, b]\n",

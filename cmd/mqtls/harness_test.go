@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -465,6 +464,20 @@ func (b *broker) isProbe(remote string) bool {
 	return b.probes[remote]
 }
 
+// startProbes are the local addresses of the look mqtls takes at the broker when it
+// starts ("broker reachable"): not a device's connection.
+var startProbes sync.Map
+
+// noteStartProbes records the start-up probes a server's log names. The probe runs before
+// the listeners start, so its line is there once "listening" is.
+func noteStartProbes(logs *lineLog) {
+	for _, l := range logs.Lines() {
+		if e, ok := parseEntry(l); ok && e.str("message") == "broker reachable" {
+			startProbes.Store(e.str("local"), true)
+		}
+	}
+}
+
 // waitLog waits for a broker log line containing substr.
 func (b *broker) waitLog(t *testing.T, substr string) string {
 	t.Helper()
@@ -482,52 +495,6 @@ func (b *broker) hasLog(substr string) bool {
 
 const newConnection = "New connection from "
 
-// serverLogs are the logs of the mqtls processes running now, and startProbes the local
-// addresses of their start-up look at the broker ("broker reachable at start"): that
-// connection sends nothing and is no device's, so brokers do not count it.
-var (
-	serverLogs struct {
-		sync.Mutex
-		all []*lineLog
-	}
-	startProbes sync.Map // local address → true
-)
-
-// newServerLog is a log for an mqtls process, registered in serverLogs until t ends.
-func newServerLog(t *testing.T) *lineLog {
-	l := newLineLog()
-	serverLogs.Lock()
-	serverLogs.all = append(serverLogs.all, l)
-	serverLogs.Unlock()
-	t.Cleanup(func() {
-		noteStartProbes(l)
-		serverLogs.Lock()
-		defer serverLogs.Unlock()
-		serverLogs.all = slices.DeleteFunc(serverLogs.all, func(x *lineLog) bool { return x == l })
-	})
-	return l
-}
-
-// noteStartProbes adds the start-up connections l's mqtls logged to startProbes.
-func noteStartProbes(l *lineLog) {
-	l.count(func(line string) bool {
-		if e, ok := parseEntry(line); ok && e.str("message") == "broker reachable at start" {
-			startProbes.Store(e.str("local"), true)
-		}
-		return false
-	})
-}
-
-// addStartProbes notes the start-up connections of every mqtls running now.
-func addStartProbes() {
-	serverLogs.Lock()
-	logs := slices.Clone(serverLogs.all)
-	serverLogs.Unlock()
-	for _, l := range logs {
-		noteStartProbes(l)
-	}
-}
-
 // connections returns how many TCP connections the broker has accepted from anyone but the
 // harness. It first makes a connection of its own and waits until the broker logs it: the
 // broker accepts in order, so any connection mqtls opened before this call is counted.
@@ -541,7 +508,6 @@ func (b *broker) connections(t *testing.T) int {
 	b.addProbe(local)
 	b.waitLog(t, newConnection+local+" ")
 	c.Close()
-	addStartProbes()
 	return b.log.count(func(l string) bool {
 		i := strings.Index(l, newConnection)
 		if i < 0 {
@@ -1081,7 +1047,7 @@ func (s *server) dtlsAddr(t *testing.T) string {
 // SIGHUP channel and a second-signal (hard stop) channel; a nil channel never fires.
 func startServerWith(t *testing.T, sig signals, args ...string) *server {
 	t.Helper()
-	s := &server{logs: newServerLog(t), stderr: newLineLog(), done: make(chan struct{})}
+	s := &server{logs: newLineLog(), stderr: newLineLog(), done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	argv := append([]string{"mqtls", "serve", "--listen", "127.0.0.1:0", "--log-level", "debug"}, args...)
@@ -1107,6 +1073,7 @@ func startServerWith(t *testing.T, sig signals, args ...string) *server {
 	}
 	e, _ := parseEntry(line)
 	s.addr, s.listener = e.str("addr"), e.str("listener")
+	noteStartProbes(s.logs)
 	return s
 }
 

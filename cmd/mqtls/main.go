@@ -17,13 +17,54 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 )
 
-// version is stamped by the release build: -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version is stamped by the release build: -ldflags "-X main.version=v1.2.3". A plain
+// go build leaves it empty and buildVersion reads the module's build info instead.
+var version = ""
+
+// buildVersion is the version to report: the stamp, else the module version (go install
+// ...@v1.2.3), else the VCS revision go build recorded (with "-dirty" for uncommitted
+// changes), else "dev".
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dev"
+	}
+	return versionFrom(info)
+}
+
+func versionFrom(info *debug.BuildInfo) string {
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value
+		}
+	}
+	if rev == "" {
+		return "dev"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if modified == "true" {
+		rev += "-dirty"
+	}
+	return "dev-" + rev
+}
 
 func main() {
 	ctx, sig, stop := notify()
@@ -102,8 +143,18 @@ func newAppWith(stdout, stderr io.Writer, sig signals) *cli.App {
 			Name:  "version",
 			Usage: "print the version",
 			Action: func(c *cli.Context) error {
-				_, err := fmt.Fprintf(stdout, "mqtls %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-				return err
+				return printVersion(stdout)
+			},
+		},
+		{
+			Name:      "help",
+			Usage:     "show the commands, or one command's flags",
+			ArgsUsage: "[COMMAND]",
+			Action: func(c *cli.Context) error {
+				if c.Args().Present() {
+					return c.App.Run([]string{"mqtls", c.Args().First(), "--help"})
+				}
+				return cli.ShowAppHelp(c.Lineage()[1])
 			},
 		},
 	}
@@ -119,15 +170,23 @@ func newAppWith(stdout, stderr io.Writer, sig signals) *cli.App {
 		HideHelp:                  true,
 		HideHelpCommand:           true,
 		DisableSliceFlagSeparator: true, // --allow 'a{1,3}' is one expression, not two
-		Flags:                     []cli.Flag{newHelpFlag()},
+		Flags:                     []cli.Flag{newHelpFlag(), &cli.BoolFlag{Name: "version", Aliases: []string{"v"}, Usage: "print the version"}},
 		Commands:                  commands,
 		Action: func(c *cli.Context) error {
+			if c.Bool("version") {
+				return printVersion(stdout)
+			}
 			if c.Args().Present() {
 				return fmt.Errorf("unknown command %q: run mqtls --help", c.Args().First())
 			}
 			return cli.ShowAppHelp(c)
 		},
 	}
+}
+
+func printVersion(w io.Writer) error {
+	_, err := fmt.Fprintf(w, "mqtls %s %s %s/%s\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return err
 }
 
 func newHelpFlag() cli.Flag {
@@ -137,6 +196,7 @@ func newHelpFlag() cli.Flag {
 // withHelp gives cmd (and its subcommands) a --help flag of its own; see newApp.
 func withHelp(cmd *cli.Command) {
 	cmd.HideHelp, cmd.HideHelpCommand = true, true
+	cmd.OnUsageError = usageError
 	cmd.Flags = append(cmd.Flags, newHelpFlag())
 	action := cmd.Action
 	cmd.Action = func(c *cli.Context) error {

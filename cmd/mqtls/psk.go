@@ -11,7 +11,7 @@ import (
 	"github.com/mqtls/mqtls/internal/pskfile"
 )
 
-// pskCommand manages a PSK file: psk add and psk list.
+// pskCommand manages a PSK file: psk add, remove, rotate and list.
 func pskCommand(stdout io.Writer) *cli.Command {
 	fileFlag := &cli.StringFlag{Name: "file", Usage: "the PSK `file` (what serve's --psk-file names)", Required: true, EnvVars: []string{config.EnvVar("psk-file")}}
 	formatFlag := &cli.StringFlag{Name: "psk-format", Value: "mosquitto", Usage: "syntax of the file: mosquitto or stunnel", EnvVars: []string{config.EnvVar("psk-format")}}
@@ -29,6 +29,30 @@ func pskCommand(stdout io.Writer) *cli.Command {
 						return errors.New("psk add takes exactly one argument: the device's identity")
 					}
 					return pskfile.Add(stdout, c.String("file"), c.String("psk-format"), c.Args().First())
+				},
+			},
+			{
+				Name:      "remove",
+				Usage:     "remove a device's key from the file (its sessions end on the next reload with --revoke-terminates)",
+				ArgsUsage: "IDENTITY",
+				Flags:     []cli.Flag{fileFlag, formatFlag},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("psk remove takes exactly one argument: the device's identity")
+					}
+					return pskfile.Remove(stdout, c.String("file"), c.String("psk-format"), c.Args().First())
+				},
+			},
+			{
+				Name:      "rotate",
+				Usage:     "give a device a new random 32-byte key, printed once",
+				ArgsUsage: "IDENTITY",
+				Flags:     []cli.Flag{fileFlag, formatFlag},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return errors.New("psk rotate takes exactly one argument: the device's identity")
+					}
+					return pskfile.Rotate(stdout, c.String("file"), c.String("psk-format"), c.Args().First())
 				},
 			},
 			{

@@ -211,7 +211,8 @@ func TestPSKRefusals(t *testing.T) {
 				peerSays: "a tls error occurred", reason: "decrypt_error",
 			},
 			{
-				// Offered only PSK suites, crypto/tls finds no suite in common.
+				// Offered only PSK suites, crypto/tls finds no suite in common: named as a
+				// PSK listener names it.
 				name: "openssl PSK-only client against a certificate listener", server: certOnly, bin: "openssl",
 				args:     []string{"-tls1_2", "-cipher", "PSK", "-psk", dev.keyHex, "-psk_identity", "dev-1"},
 				peerSays: "alert handshake failure", reason: "no_shared_cipher",

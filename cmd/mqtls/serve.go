@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -43,12 +44,13 @@ func serveCommand(stdout io.Writer, sig signals) *cli.Command {
 			"A list flag (--crl, --allow, --deny) set from the environment takes one value.",
 		Flags: serveFlags(),
 		Action: func(c *cli.Context) error {
+			warnUnknownEnv(c.App.ErrWriter, os.Environ())
 			cfg, err := config.FromFlags(c)
 			if err != nil {
 				return err
 			}
 			return supervisor.Serve(c.Context, cfg, supervisor.Options{
-				Stdout: stdout, Hup: sig.hup, HardStop: sig.hardStop, Version: version,
+				Stdout: stdout, Hup: sig.hup, HardStop: sig.hardStop, Version: buildVersion(),
 			})
 		},
 	}
@@ -63,6 +65,7 @@ func checkCommand(stdout io.Writer) *cli.Command {
 		Usage: "validate serve's flags and the files they name, print each certificate's and CRL's validity, and exit",
 		Flags: serveFlags(),
 		Action: func(c *cli.Context) error {
+			warnUnknownEnv(c.App.ErrWriter, os.Environ())
 			cfg, err := config.FromFlags(c)
 			if err != nil {
 				return err

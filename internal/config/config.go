@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -636,6 +637,33 @@ var yamlTypes = map[string]string{
 	"Remote": "remote", "SNI": "sni", "Tenant": "a tenant",
 }
 
+// keysOfType lists the keys of the struct of File named typeName, for suggestions.
+func keysOfType(typeName string) []string {
+	var keys []string
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for t.Kind() == reflect.Slice || t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return
+		}
+		if t.Name() == typeName {
+			for i := range t.NumField() {
+				if k, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); k != "" {
+					keys = append(keys, k)
+				}
+			}
+			return
+		}
+		for i := range t.NumField() {
+			walk(t.Field(i).Type)
+		}
+	}
+	walk(reflect.TypeOf(File{}))
+	return keys
+}
+
 var (
 	yamlUnknownField = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
 	yamlTypeName     = regexp.MustCompile(`into (\[\])?config\.(\w+)`)
@@ -651,10 +679,15 @@ func yamlMessage(err error) string {
 		switch {
 		case !ok:
 			return m
-		case sub[2] == "File":
-			return "unknown key " + sub[1] + " at " + where
 		}
-		return "unknown key " + sub[1] + " in " + where
+		hint := ""
+		if near := Nearest(sub[1], keysOfType(sub[2])); near != "" {
+			hint = " (did you mean " + near + "?)"
+		}
+		if sub[2] == "File" {
+			return "unknown key " + sub[1] + " at " + where + hint
+		}
+		return "unknown key " + sub[1] + " in " + where + hint
 	})
 	return yamlTypeName.ReplaceAllStringFunc(msg, func(m string) string {
 		sub := yamlTypeName.FindStringSubmatch(m)

@@ -107,3 +107,19 @@ func TestYAMLMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownKeySuggestion: an unknown key in the config file names the nearest key of
+// its section, with its line.
+func TestUnknownKeySuggestion(t *testing.T) {
+	for _, tc := range []struct{ file, want string }{
+		{"listeners:\n  - name: a\n    tls:\n      clientca: y\n", "line 4: unknown key clientca in tls (did you mean client_ca?)"},
+		{"drain_timout: 5s\n", "line 1: unknown key drain_timout at the top level (did you mean drain_timeout?)"},
+		{"listeners:\n  - polcy: {}\n", "line 2: unknown key polcy in a listener (did you mean policy?)"},
+		{"listeners:\n  - zzzzzzzz: 1\n", "line 2: unknown key zzzzzzzz in a listener\n"},
+	} {
+		_, err := Parse("f.yaml", []byte(tc.file))
+		if err == nil || !strings.Contains(err.Error()+"\n", tc.want) {
+			t.Errorf("%q: %v, want %q", tc.file, err, tc.want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"unicode"
 
@@ -44,11 +45,19 @@ func Add(stdout io.Writer, file, format, identity string) error {
 	if _, ok := store.Lookup(identity); ok {
 		return fmt.Errorf("identity %q is already in %s: remove its line first to give it a new key", identity, file)
 	}
-	key := make([]byte, KeyLen)
-	if _, err := rand.Read(key); err != nil {
-		return fmt.Errorf("making a key: %w", err)
+	hexKey, err := newKey()
+	if err != nil {
+		return err
 	}
-	hexKey := hex.EncodeToString(key)
+	if dir := filepath.Dir(file); dir != "" {
+		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+			// Only the owner may list who the devices are.
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return fmt.Errorf("creating the directory of %s: %w (create it with: install -d -m 700 %s)", file, err, dir)
+			}
+			fmt.Fprintf(stdout, "created %s (mode 0700)\n", dir)
+		}
+	}
 
 	f, err := os.OpenFile(file, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
@@ -69,6 +78,92 @@ func Add(stdout io.Writer, file, format, identity string) error {
 	_, err = fmt.Fprintf(stdout, "added %s to %s\ndevice side: mosquitto_pub --psk %s --psk-identity %s ...\n",
 		identity, file, hexKey, identity)
 	return err
+}
+
+func newKey() (string, error) {
+	key := make([]byte, KeyLen)
+	if _, err := rand.Read(key); err != nil {
+		return "", fmt.Errorf("making a key: %w", err)
+	}
+	return hex.EncodeToString(key), nil
+}
+
+// Remove deletes identity's line from file. Comments and the other lines stay as they
+// are; the file is replaced in one rename, so a reload never reads half of it.
+func Remove(stdout io.Writer, file, format, identity string) error {
+	if err := rewrite(file, format, identity, nil); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(stdout, "removed %s from %s\n", identity, file)
+	return err
+}
+
+// Rotate gives identity a fresh key in file and prints it once, for the device.
+func Rotate(stdout io.Writer, file, format, identity string) error {
+	hexKey, err := newKey()
+	if err != nil {
+		return err
+	}
+	line := identity + ":" + hexKey
+	if err := rewrite(file, format, identity, &line); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "new key for %s in %s (shown once)\ndevice side: mosquitto_pub --psk %s --psk-identity %s ...\n",
+		identity, file, hexKey, identity)
+	return err
+}
+
+// rewrite replaces identity's line of file with replacement (nil: removes it). The file
+// must load before and after.
+func rewrite(file, format, identity string, replacement *string) error {
+	store, err := Load(file, format)
+	if err != nil {
+		return err
+	}
+	if _, ok := store.Lookup(identity); !ok {
+		return fmt.Errorf("identity %q is not in %s (mqtls psk list --file %s lists them)", identity, file, file)
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("reading PSK file: %w", err)
+	}
+	var out []string
+	for _, line := range strings.SplitAfter(string(data), "\n") {
+		trimmed := strings.TrimSpace(line)
+		id, _, found := strings.Cut(trimmed, ":")
+		if found && !strings.HasPrefix(trimmed, "#") && strings.TrimSpace(id) == identity {
+			if replacement != nil {
+				out = append(out, *replacement+"\n")
+			}
+			continue
+		}
+		out = append(out, line)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
+	if err != nil {
+		return fmt.Errorf("writing PSK file %s: %w", file, err)
+	}
+	defer os.Remove(tmp.Name()) // after the rename, there is nothing by that name
+	if err := tmp.Chmod(fi.Mode().Perm()); err == nil {
+		_, err = tmp.WriteString(strings.Join(out, ""))
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing PSK file %s: %w", file, err)
+	}
+	if _, err := Load(tmp.Name(), format); err != nil {
+		return fmt.Errorf("not writing %s: the result would not load: %w", file, err)
+	}
+	if err := os.Rename(tmp.Name(), file); err != nil {
+		return fmt.Errorf("writing PSK file %s: %w", file, err)
+	}
+	return nil
 }
 
 // validPSKIdentity refuses identities that cannot be written as one line of a PSK file or

@@ -397,6 +397,14 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 	l := &c.l
 	l.Name = svc
 	src := func(key string, o stunnelOption) { c.sources[key] = fmt.Sprintf("line %d: %s", o.line, o) }
+	// rewritten is src for a value mqtls writes otherwise than stunnel: the comment says
+	// both, so nobody has to work out which address or file it became.
+	rewritten := func(key string, o stunnelOption, value string) {
+		src(key, o)
+		if value != o.value {
+			c.sources[key] += ", written " + value
+		}
+	}
 
 	var accepts, connects []stunnelOption
 	var cert, key, caFile, caPath, crlFile, pskFile, auth *stunnelOption
@@ -483,6 +491,8 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 		case "renegotiation":
 			if yes, _ := stunnelBool(o.value); yes {
 				cv.untranslated(svc, o, "mqtls refuses renegotiation")
+			} else {
+				cv.untranslated(svc, o, "not needed: mqtls refuses renegotiation whatever the configuration")
 			}
 		case "client":
 		case "debug":
@@ -501,8 +511,8 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 		return skip(accepts[0], "mqtls listens on TCP and UDP addresses, not unix sockets")
 	}
 	o := cv.first(svc, accepts, "an mqtls listener has one address: add another listener for it")
-	l.Listen = stunnelAddr(o.value, "")
-	src("listen", o)
+	l.Listen = stunnelAddr(o.value, "0.0.0.0") // stunnel: no host is every IPv4 address, not IPv6
+	rewritten("listen", o, l.Listen)
 	if len(connects) == 0 {
 		return skipService("no connect: the broker to forward to")
 	}
@@ -512,7 +522,7 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 	} else {
 		l.Upstream = stunnelAddr(o.value, "127.0.0.1") // stunnel: no host is localhost
 	}
-	src("upstream", o)
+	rewritten("upstream", o, l.Upstream)
 
 	// Server certificate and PSKs.
 	if cert != nil {
@@ -638,11 +648,15 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 		case strings.EqualFold(maxVer.value, "all"), maxVer == minVer && v < 12: // the minimum's note says it
 		case v < 12:
 			cv.untranslated(svc, *maxVer, "mqtls accepts TLS 1.2 and 1.3 only: devices limited to older versions cannot connect")
-		case v == 12 && !pskOnly:
-			cv.untranslated(svc, *maxVer, "mqtls has no maximum version: it also accepts TLS 1.3, which devices use when they offer it")
+		case v == 12:
+			cv.untranslated(svc, *maxVer, "mqtls has no maximum version: it also accepts TLS 1.3 (certificates and PSKs), which devices use when they offer it")
 		}
 	}
 
+	if l.Policy.ClientID == "" {
+		c.head += "\nIdentity binding is off, as in stunnel: the broker sees whatever client ID the device sends.\n" +
+			"To bind it to the identity the handshake proved, add policy: {client_id: enforce} (and an ACL on %c)."
+	}
 	if why := invalid(c.l); why != "" {
 		return skipService(why)
 	}

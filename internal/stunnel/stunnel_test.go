@@ -106,13 +106,13 @@ func TestConvertStunnelOptions(t *testing.T) {
 		notes []string
 		err   string
 	}{
-		{name: "bare ports", check: func(l config.Listener) bool { return l.Listen == ":8883" && l.Upstream == "127.0.0.1:1883" }},
+		{name: "bare ports", check: func(l config.Listener) bool { return l.Listen == "0.0.0.0:8883" && l.Upstream == "127.0.0.1:1883" }},
 		{name: "host:port kept", addrs: "accept = 192.0.2.1:8883\nconnect = broker:1883\n",
 			check: func(l config.Listener) bool { return l.Listen == "192.0.2.1:8883" && l.Upstream == "broker:1883" }},
 		{name: "IPv6", addrs: "accept = :::8883\nconnect = ::1:1883\n",
 			check: func(l config.Listener) bool { return l.Listen == "[::]:8883" && l.Upstream == "[::1]:1883" }},
 		{name: "second accept and connect", conf: "accept = 192.0.2.1:8883\nconnect = broker:1883\n",
-			check: func(l config.Listener) bool { return l.Listen == ":8883" && l.Upstream == "127.0.0.1:1883" },
+			check: func(l config.Listener) bool { return l.Listen == "0.0.0.0:8883" && l.Upstream == "127.0.0.1:1883" },
 			notes: []string{
 				"service [svc] line 6: accept = 192.0.2.1:8883: not translated: an mqtls listener has one address: add another listener for it",
 				"service [svc] line 7: connect = broker:1883: not translated: an mqtls listener has one upstream; stunnel's failover to the next connect is not carried over",
@@ -149,7 +149,7 @@ func TestConvertStunnelOptions(t *testing.T) {
 			notes: []string{"service [svc] line 6: sslVersion = all: changed: tls.min_version is 1.2: mqtls accepts TLS 1.2 and 1.3 only, so devices limited to older versions fail the handshake"}},
 		{name: "sslVersion TLSv1.2 caps", conf: "sslVersion = TLSv1.2\n",
 			check: func(l config.Listener) bool { return l.TLS.MinVersion == "1.2" },
-			notes: []string{"service [svc] line 6: sslVersion = TLSv1.2: not translated: mqtls has no maximum version: it also accepts TLS 1.3, which devices use when they offer it"}},
+			notes: []string{"service [svc] line 6: sslVersion = TLSv1.2: not translated: mqtls has no maximum version: it also accepts TLS 1.3 (certificates and PSKs), which devices use when they offer it"}},
 		{name: "sslVersionMax TLSv1.3", conf: "sslVersionMax = TLSv1.3\nsslVersionMin = TLSv1.3\n",
 			check: func(l config.Listener) bool { return l.TLS.MinVersion == "1.3" }},
 		{name: "TIMEOUTidle", conf: "TIMEOUTidle = 43200\nTIMEOUTconnect = 3\n",

@@ -70,7 +70,7 @@ func Check(w io.Writer, cfg config.Config, now time.Time) error {
 		problems = append(problems, describeExtra(w, sp, mat, now, cfg.Admin.ExpiryWarning)...) // client mode, SNI tenants
 		if !dialed[sp.Proxy.Upstream] {
 			dialed[sp.Proxy.Upstream] = true
-			if err := upstreamProblem(context.Background(), sp, min(orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout), checkDialTimeout)); err != nil {
+			if _, err := upstreamProblem(context.Background(), sp, min(orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout), checkDialTimeout)); err != nil {
 				warn(err.Error() + " (it may start later)")
 			}
 		}

@@ -44,7 +44,7 @@ func clientProxyConfig(mat *material, pc *proxy.Config) {
 func listenStream(addr string) (net.Listener, error) {
 	path, ok := strings.CutPrefix(addr, config.UnixPrefix)
 	if !ok {
-		return net.Listen("tcp", addr)
+		return net.Listen(handshake.ListenNetwork("tcp", addr), addr)
 	}
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
 		if c, err := net.Dial("unix", path); err == nil {

@@ -261,9 +261,8 @@ func loosePermissions(sp config.ListenerSpec) []looseFile {
 }
 
 // upstreamProblem dials sp's broker once; it may start later, so failing is a warning.
-// reached, if set, hears the local address of a dial that succeeded: the broker logs that
-// connection, which sends nothing, and the debug log says where it came from.
-func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.Duration, reached ...func(local string)) error {
+// local is the address the dial came from, for whoever counts the broker's connections.
+func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.Duration) (local string, err error) {
 	network, addr := "tcp", sp.Proxy.Upstream
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, addr = "unix", p
@@ -271,7 +270,7 @@ func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.D
 	d := net.Dialer{Timeout: timeout}
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
-		return fmt.Errorf("listener %s: the broker at %s (%s) cannot be reached now: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
+		return "", fmt.Errorf("listener %s: the broker at %s (%s) cannot be reached now: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
 	}
 	if sp.SendProxy != "" {
 		hdr, err := proxy.LocalProxyHeader(sp.SendProxy)
@@ -281,11 +280,9 @@ func upstreamProblem(ctx context.Context, sp config.ListenerSpec, timeout time.D
 		}
 		if err != nil {
 			c.Close()
-			return fmt.Errorf("listener %s: sending the broker at %s (%s) a PROXY header: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
+			return "", fmt.Errorf("listener %s: sending the broker at %s (%s) a PROXY header: %w", sp.Name, sp.Proxy.Upstream, sp.Key("upstream"), err)
 		}
 	}
-	for _, f := range reached {
-		f(c.LocalAddr().String())
-	}
-	return c.Close()
+	local = c.LocalAddr().String()
+	return local, c.Close()
 }

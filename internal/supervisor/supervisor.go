@@ -348,6 +348,7 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		defer adminLn.Close() // after Serve, closing it again is harmless
 		adminSrv = admin.NewServer(m, ready, cfg.Admin.Pprof)
 	}
+	warnAtStart(log, cfg.Listeners)
 	for _, sp := range cfg.Listeners {
 		if _, err := v.start(sp); err != nil {
 			// Stop what already started: nothing serves half a configuration.
@@ -391,7 +392,6 @@ func Serve(ctx context.Context, cfg config.Config, opts Options) error {
 		ev.Msg("starting")
 		warnExposedUplink(log, r.spec) // client.go
 	}
-	warnAtStart(bg, &bgDone, log, cfg.Listeners)
 	ready.Bound.Store(true)
 	adminErr := make(chan error, 1)
 	if adminSrv != nil {
@@ -535,9 +535,11 @@ func isTerminal(w io.Writer) bool {
 }
 
 // warnAtStart warns about secret files others can read, and about a broker that cannot
-// be reached now (in the background: it may start a moment later, and mqtls serves
-// meanwhile), so that the first sign of either is not a refused device.
-func warnAtStart(ctx context.Context, wg *sync.WaitGroup, log zerolog.Logger, specs []config.ListenerSpec) {
+// be reached now (it may start a moment later, and mqtls serves meanwhile), so that the
+// first sign of either is not a refused device. It runs before the listeners start: a
+// broker on loopback answers or refuses at once; a remote one costs at most
+// startDialTimeout.
+func warnAtStart(log zerolog.Logger, specs []config.ListenerSpec) {
 	dialed := map[string]bool{}
 	for _, sp := range specs {
 		if sp.ShareWith == "" {
@@ -546,21 +548,19 @@ func warnAtStart(ctx context.Context, wg *sync.WaitGroup, log zerolog.Logger, sp
 					Msg("secret file readable by others: chmod 600 it")
 			}
 		}
-		if dialed[sp.Proxy.Upstream] {
-			continue
+		if dialed[sp.Proxy.Upstream] || sp.SendProxy != "" {
+			continue // a broker that reads PROXY headers would log a bare probe as an error
 		}
 		dialed[sp.Proxy.Upstream] = true
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			reached := func(local string) {
-				log.Info().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Str("local", local).
-					Msg("broker reachable at start")
-			}
-			if err := upstreamProblem(ctx, sp, orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout), reached); err != nil && ctx.Err() == nil {
-				log.Warn().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Err(err).
-					Msg("broker unreachable: devices get CONNACK server unavailable until it is up")
-			}
-		}()
+		local, err := upstreamProblem(context.Background(), sp, min(orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout), startDialTimeout))
+		if err != nil {
+			log.Warn().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Err(err).
+				Msg("broker unreachable: devices get CONNACK server unavailable until it is up")
+			continue
+		}
+		log.Info().Str("listener", sp.Name).Str("upstream", sp.Proxy.Upstream).Str("local", local).Msg("broker reachable")
 	}
 }
+
+// startDialTimeout bounds the look at the broker at start.
+const startDialTimeout = time.Second
