@@ -618,14 +618,11 @@ func (cv *stunnelConverter) service(s stunnelSection, opts []stunnelOption) (con
 	}
 
 	// Protocol versions.
-	pskOnly := !certs
 	if minVer != nil {
 		v, ok := stunnelVersion(minVer.value)
 		switch {
 		case !ok:
 			cv.untranslated(svc, *minVer, "not a TLS version (TLSv1.2, TLSv1.3, all, ...)")
-		case v >= 13 && pskOnly:
-			cv.changed(svc, *minVer, "mqtls serves TLS-PSK over TLS 1.2 only: devices must offer TLS 1.2 PSK suites")
 		case v >= 13:
 			l.TLS.MinVersion = "1.3"
 			src("tls.min_version", *minVer)

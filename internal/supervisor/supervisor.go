@@ -548,8 +548,8 @@ func warnAtStart(log zerolog.Logger, specs []config.ListenerSpec) {
 					Msg("secret file readable by others: chmod 600 it")
 			}
 		}
-		if dialed[sp.Proxy.Upstream] || sp.SendProxy != "" {
-			continue // a broker that reads PROXY headers would log a bare probe as an error
+		if dialed[sp.Proxy.Upstream] {
+			continue
 		}
 		dialed[sp.Proxy.Upstream] = true
 		local, err := upstreamProblem(context.Background(), sp, min(orDefault(sp.Proxy.DialTimeout, proxy.DefaultDialTimeout), startDialTimeout))
