@@ -53,10 +53,10 @@ const (
 var DefaultSANs = []string{"localhost", "127.0.0.1", "::1"}
 
 // Identity is the template mqtls.yaml binds client IDs with: a certificate's CN as it is,
-// a PSK identity behind PSKPrefix, so that no PSK device can take a certificate device's
-// name (what policy.DefaultTemplate gives for the two kinds).
+// a pinned key's name behind key-, a PSK identity behind PSKPrefix, so that no device of
+// one kind can take another kind's name (what policy.DefaultTemplate gives for the three).
 const (
-	Identity  = "{cn}psk-{psk}"
+	Identity  = "{cn}key-{name}psk-{psk}"
 	PSKPrefix = "psk-"
 )
 
@@ -175,8 +175,8 @@ func Init(w io.Writer, opts Options) error {
 	}
 	for _, d := range devices {
 		if d.kind == "key" {
-			fmt.Fprintf(w, "a device trusted by its key alone, once client_keys is on in %s:\n  mosquitto_pub -h %s -p %s --cafile %s --cert %s --key %s -i %s -t devices/%s/hello -m hello\n",
-				p(ConfigFile), host, listenPort, p(CACert), p(d.cert), p(d.key), d.clientID, d.clientID)
+			fmt.Fprintf(w, "try a device trusted by its key alone:\n  mosquitto_pub -h %s -p %s --cafile %s --cert %s --key %s -i %s -t devices/%s/hello -m hello\n",
+				host, listenPort, p(CACert), p(d.cert), p(d.key), d.clientID, d.clientID)
 		}
 	}
 	fmt.Fprintf(w, "a publish outside devices/<client ID>/ is refused by the broker's ACL (%s), and a client ID that is not the device's name by mqtls\n", p(MosquittoACL))
@@ -288,15 +288,15 @@ listeners:
       key: %[5]s
       # devices with a certificate from this CA (dev-1 ...)
       client_ca: %[6]s
-      # devices trusted by their public key alone (gw-1), once this mqtls has tls.client_keys:
-      # client_keys: %[7]s
+      # devices trusted by their public key alone (gw-1); nothing is chained through them
+      client_keys: %[7]s
     psk:
       # devices with a pre-shared key (sensor-1 ...)
       file: %[8]s
     policy:
-      # the device's name: a certificate's CN, or psk- and the PSK identity (psk-sensor-1),
-      # so that no PSK device can take a certificate device's name. With client_keys on,
-      # make it "{cn}key-{name}psk-{psk}".
+      # the device's name: a certificate's CN, key- and a pinned key's name (key-gw-1), or
+      # psk- and the PSK identity (psk-sensor-1), so that no device of one kind can take
+      # another kind's name.
       identity: %[9]q
       # the client ID must be the device's name, so the broker's ACL can trust %%c
       client_id: enforce
