@@ -456,7 +456,7 @@ func (b *broker) addProbe(local string) {
 }
 
 func (b *broker) isProbe(remote string) bool {
-	if _, ok := startProbes.Load(remote); ok {
+	if _, ok := startProbes.Load(b.addr + " " + remote); ok {
 		return true
 	}
 	b.mu.Lock()
@@ -464,8 +464,9 @@ func (b *broker) isProbe(remote string) bool {
 	return b.probes[remote]
 }
 
-// startProbes are the local addresses of the look mqtls takes at the broker when it
-// starts ("broker reachable"): not a device's connection.
+// startProbes are the look mqtls takes at the broker when it starts ("broker
+// reachable"), not a device's connection: "broker-address local-address", since a later
+// test's connection to another broker may reuse the local port.
 var startProbes sync.Map
 
 // noteStartProbes records the start-up probes a server's log names. The probe runs before
@@ -473,7 +474,7 @@ var startProbes sync.Map
 func noteStartProbes(logs *lineLog) {
 	for _, l := range logs.Lines() {
 		if e, ok := parseEntry(l); ok && e.str("message") == "broker reachable" {
-			startProbes.Store(e.str("local"), true)
+			startProbes.Store(e.str("upstream")+" "+e.str("local"), true)
 		}
 	}
 }
