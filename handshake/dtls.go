@@ -75,6 +75,8 @@ const dtlsReadBuffer = 16 << 20
 type DTLSServer struct {
 	cfg   DTLSConfig
 	front *front
+	// suites are the cipher suites given to pion, for the front's no_shared_cipher verdict.
+	suites []dtls.CipherSuiteID
 }
 
 // ListenDTLS opens a DTLS listener on the UDP address addr. Accept returns a connection
@@ -162,6 +164,7 @@ func ListenDTLS(addr string, cfg DTLSConfig) (net.Listener, *DTLSServer, error) 
 		}
 	}
 	opts = append(opts, dtls.WithCipherSuites(suites...))
+	s.suites = suites
 	if _, err := dtls.ServerWithOptions(nopPacketConn{}, udpAddr, opts...); err != nil {
 		return nil, nil, fmt.Errorf("DTLS options for %s: %w", addr, err)
 	}
@@ -223,6 +226,9 @@ func (s *DTLSServer) Handshake(ctx context.Context, c net.Conn) (net.Conn, Ident
 			return nil, Identity{}, s.classifyDTLS(c.conn, ctx.Err())
 		}
 		if c.err != nil {
+			if c.verdict != "" {
+				return nil, Identity{}, &Error{Reason: c.verdict, Err: c.err}
+			}
 			return nil, Identity{}, s.classifyDTLS(c.conn, c.err)
 		}
 		dc = c.conn

@@ -17,6 +17,8 @@ import (
 	"github.com/pion/dtls/v3/pkg/protocol/extension"
 	dtlshs "github.com/pion/dtls/v3/pkg/protocol/handshake"
 	"github.com/pion/dtls/v3/pkg/protocol/recordlayer"
+
+	"github.com/mqtls/mqtls/handshake/tlspsk"
 )
 
 // The DTLS front: mqtls's own UDP socket in front of pion. It sees every datagram before
@@ -86,6 +88,11 @@ const (
 	// record wide), so MQTT bytes never reach the broker out of order; the count is taken
 	// before authentication.
 	DropLateRecord = "dtls_record_late"
+	// DropProtocolVersion: a cookieless ClientHello whose client_version is older than
+	// DTLS 1.2 (DTLS 1.0). It is noted, not dropped: pion answers it with a
+	// protocol_version alert and no HelloVerifyRequest, so the address is never proven
+	// and no handshake (with its reason) follows; the source address may be spoofed.
+	DropProtocolVersion = "dtls_protocol_version"
 )
 
 // Record layer constants (RFC 6347 §4.1, RFC 9146 §4).
@@ -115,45 +122,88 @@ const (
 // cookie (empty when it has none). ok is false for anything else. It reads only the first
 // record and allocates nothing; the returned cookie aliases b.
 func clientHelloCookie(b []byte) (cookie []byte, ok bool) {
+	_, cookie, _, ok = clientHelloFields(b)
+	return cookie, ok
+}
+
+// clientHelloFields is clientHelloCookie's parse, also returning the hello's client_version
+// and the rest of its body after the cookie (rest aliases b).
+func clientHelloFields(b []byte) (version uint16, cookie, rest []byte, ok bool) {
 	if len(b) < recHeaderLen+hsHeaderLen || b[0] != ctHandshake || b[1] != 0xfe {
-		return nil, false
+		return 0, nil, nil, false
 	}
 	if b[3] != 0 || b[4] != 0 { // epoch 0
-		return nil, false
+		return 0, nil, nil, false
 	}
 	recLen := int(b[11])<<8 | int(b[12])
 	rec := b[recHeaderLen:]
 	if recLen > len(rec) {
-		return nil, false
+		return 0, nil, nil, false
 	}
 	rec = rec[:recLen]
 	if len(rec) < hsHeaderLen || rec[0] != hsClientHello {
-		return nil, false
+		return 0, nil, nil, false
 	}
 	if rec[6] != 0 || rec[7] != 0 || rec[8] != 0 { // fragment_offset 0
-		return nil, false
+		return 0, nil, nil, false
 	}
 	fragLen := int(rec[9])<<16 | int(rec[10])<<8 | int(rec[11])
 	body := rec[hsHeaderLen:]
 	if fragLen > len(body) {
-		return nil, false
+		return 0, nil, nil, false
 	}
 	body = body[:fragLen]
 	// client_version (2), random (32), session_id <0..32>, cookie <0..255>.
 	const fixed = 2 + 32
 	if len(body) < fixed+1 {
-		return nil, false
+		return 0, nil, nil, false
 	}
+	version = uint16(body[0])<<8 | uint16(body[1])
 	sid := int(body[fixed])
 	if sid > 32 || len(body) < fixed+1+sid+1 {
-		return nil, false
+		return 0, nil, nil, false
 	}
 	body = body[fixed+1+sid:]
 	n := int(body[0])
 	if len(body) < 1+n {
-		return nil, false
+		return 0, nil, nil, false
 	}
-	return body[1 : 1+n], true
+	return version, body[1 : 1+n], body[1+n:], true
+}
+
+// dtlsVersion12 is DTLS 1.2's wire version. DTLS versions count down (RFC 6347 §4.1: 1.0
+// is 0xfeff), so a client_version above it is older.
+const dtlsVersion12 = 0xfefd
+
+// helloVerdict names why the ClientHello in b cannot succeed against a server offering
+// suites, in the terms TLS listeners use: protocol_version if the client's newest version
+// is older than DTLS 1.2, no_shared_cipher if it offers none of suites; "" if neither, or
+// if b does not parse (pion's own refusal then stands). It allocates nothing.
+func helloVerdict(b []byte, suites []dtls.CipherSuiteID) string {
+	version, _, rest, ok := clientHelloFields(b)
+	if !ok {
+		return ""
+	}
+	if version > dtlsVersion12 {
+		return tlspsk.ReasonProtocolVersion
+	}
+	// cipher_suites <2..2^16-2>: a list that is cut short or odd is pion's to refuse.
+	if len(rest) < 2 {
+		return ""
+	}
+	n := int(rest[0])<<8 | int(rest[1])
+	if n%2 != 0 || len(rest) < 2+n {
+		return ""
+	}
+	for list := rest[2 : 2+n]; len(list) >= 2; list = list[2:] {
+		id := dtls.CipherSuiteID(uint16(list[0])<<8 | uint16(list[1]))
+		for _, s := range suites {
+			if s == id {
+				return ""
+			}
+		}
+	}
+	return tlspsk.ReasonNoSharedCipher
 }
 
 // recordSeq returns the epoch and sequence number of the first record in b.
@@ -237,7 +287,7 @@ func newFront(pc *net.UDPConn, srv *DTLSServer, opts []dtls.ServerOption, cfg DT
 }
 
 func (f *front) drop(reason string) {
-	if reason != DropUnprovenEvicted && reason != DropUnprovenExpired && reason != DropLateRecord {
+	if reason != DropUnprovenEvicted && reason != DropUnprovenExpired && reason != DropLateRecord && reason != DropProtocolVersion {
 		f.stats.dropped.Add(1)
 	}
 	if f.onDrop != nil {
@@ -286,6 +336,11 @@ func (f *front) route(b []byte, from netip.AddrPort) {
 			switch {
 			case ok && len(cookie) > 0 && fc.cookie != nil && subtle.ConstantTimeCompare(cookie, fc.cookie) == 1:
 				f.promote(fc)
+				if fc.session != nil {
+					// This is the hello pion negotiates from: what it cannot agree to
+					// is named now, as TLS listeners name it.
+					fc.session.verdict = helloVerdict(b, f.srv.suites)
+				}
 			case ok && len(cookie) > 0:
 				// The cookie of an earlier HelloVerifyRequest to this address, whose state
 				// is gone: pion would end the handshake with access_denied. Dropped, the
@@ -305,7 +360,7 @@ func (f *front) route(b []byte, from netip.AddrPort) {
 		fc.push(b, from)
 		return
 	}
-	cookie, ok := clientHelloCookie(b)
+	version, cookie, _, ok := clientHelloFields(b)
 	switch {
 	case f.stopping:
 		f.mu.Unlock()
@@ -366,6 +421,9 @@ func (f *front) route(b []byte, from netip.AddrPort) {
 		f.stats.evicted.Add(1)
 		victim.shut()
 		f.drop(DropUnprovenEvicted)
+	}
+	if version > dtlsVersion12 {
+		f.drop(DropProtocolVersion)
 	}
 	fc.push(b, from)
 	go fc.drive()
@@ -823,6 +881,10 @@ type DTLSSession struct {
 	done chan struct{} // closed when the handshake has ended
 	conn *dtls.Conn    // set before done closes; nil if pion refused to start
 	err  error
+	// verdict is why the hello pion negotiates from cannot succeed (protocol_version,
+	// no_shared_cipher), found by the front, or "": pion's errors for these are
+	// unexported. Set under f.mu before the session is accepted.
+	verdict string
 }
 
 var errSessionNotReady = errors.New("DTLS session used before its handshake finished")
