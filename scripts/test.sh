@@ -9,7 +9,7 @@
 # pass over every fuzz target. go test's results are shown per package as each finishes
 # (scripts/testfmt), failures in full.
 #
-# A full run takes about 8-10 minutes on 2 cores (the last CI run: 484 s), of which the
+# A full run takes about 15-20 minutes on 2 cores (go test -race about 6, the rest fuzzing), of which the
 # fuzzing pass is 20 s per fuzz target plus its build; FUZZTIME=off skips that pass.
 #
 # It never stops, disables or reconfigures a service already on the machine: the tests
@@ -42,7 +42,7 @@ fi
 read -r -a pkgs <<<"${MQTLS_TEST_PKGS:-./...}"
 ((${#pkgs[@]} > 0)) || die "MQTLS_TEST_PKGS is set but names no package"
 npkgs=$(go list "${pkgs[@]}" | wc -l)
-say "testing ${pkgs[*]} ($npkgs packages) with Go $have_go; a full run takes about 8-10 minutes on 2 cores${FUZZTIME:+ (FUZZTIME=$FUZZTIME)}"
+say "testing ${pkgs[*]} ($npkgs packages) with Go $have_go; a full run takes about 15-20 minutes on 2 cores${FUZZTIME:+ (FUZZTIME=$FUZZTIME)}"
 
 missing_tools() {
 	local tool out=()
