@@ -46,6 +46,11 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	crlFile := write("ca.crl", string(crl))
+	staleCRL, err := p.ca.CRLWindow(time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	staleCRLFile := write("stale.crl", string(staleCRL))
 	other, err := p.ca.Issue(handshaketest.Template{CommonName: "other"})
 	if err != nil {
 		t.Fatal(err)
@@ -104,6 +109,8 @@ func TestCheck(t *testing.T) {
 		{"PSK file that is a directory", []string{"--psk-file", p.dir}, []string{"--psk-file", p.dir}},
 		{"missing PSK file", []string{"--psk-file", missing}, []string{"--psk-file", missing}},
 		{"malformed PSK line", []string{"--psk-file", badPSK}, []string{badPSK + ":2:"}},
+		// Past its nextUpdate a CA's CRL refuses every device it covers (crl_expired).
+		{"CRL past its next update", certs(p.serverCertFile, p.serverKey, "--client-ca", p.caFile, "--crl", staleCRLFile), []string{staleCRLFile}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
