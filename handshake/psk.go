@@ -115,10 +115,7 @@ func (m *Mixed) Handshake(ctx context.Context, c net.Conn) (net.Conn, Identity, 
 	if err != nil {
 		return nil, Identity{}, err
 	}
-	if tlspsk.OffersPSK(hello) {
-		return m.PSK.handshake(ctx, c, hello)
-	}
-	return m.TLS.handshake(ctx, c, hello)
+	return m.HandshakeHello(ctx, c, hello)
 }
 
 // maxHelloRecord is the largest first record accepted: a full plaintext record and its

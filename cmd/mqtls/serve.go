@@ -44,8 +44,7 @@ func serveCommand(stdout io.Writer, sig signals) *cli.Command {
 			"A list flag (--crl, --allow, --deny) set from the environment takes one value.",
 		Flags: serveFlags(),
 		Action: func(c *cli.Context) error {
-			warnUnknownEnv(c.App.ErrWriter, os.Environ())
-			cfg, err := config.FromFlags(c)
+			cfg, err := configFromFlags(c)
 			if err != nil {
 				return err
 			}
@@ -65,12 +64,18 @@ func checkCommand(stdout io.Writer) *cli.Command {
 		Usage: "validate serve's flags and the files they name, print each certificate's and CRL's validity, and exit",
 		Flags: serveFlags(),
 		Action: func(c *cli.Context) error {
-			warnUnknownEnv(c.App.ErrWriter, os.Environ())
-			cfg, err := config.FromFlags(c)
+			cfg, err := configFromFlags(c)
 			if err != nil {
 				return err
 			}
 			return supervisor.Check(stdout, cfg, time.Now())
 		},
 	}
+}
+
+// configFromFlags is what serve and check both start from: the flags (and MQTLS_*
+// variables, an unknown one warned about) as a validated config.
+func configFromFlags(c *cli.Context) (config.Config, error) {
+	warnUnknownEnv(c.App.ErrWriter, os.Environ())
+	return config.FromFlags(c)
 }
